@@ -1,0 +1,5 @@
+import sys
+
+from pyvlmx.cli import main
+
+sys.exit(main())
