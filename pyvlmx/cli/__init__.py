@@ -13,6 +13,12 @@ import sys
 # Module names under pyvlmx.cli, in the order ``pyvlmx --help`` lists them.
 SUBCOMMANDS = [
     "info",
+    "align", "systematic", "merge",
+    "zeroshot",
+    "study",
+    "report",
+    "transfer",
+    "noise", "spectra", "detect",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of pyvlmx: each module has run(quick, device) -> rows and a CLI."""

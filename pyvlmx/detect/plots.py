@@ -1,0 +1,55 @@
+"""Detector plots (matplotlib, Agg): ROC curves and score distributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Path:
+    """ROC curves of every score of an :func:`~pyvlmx.detect.evaluate_detector` result.
+
+    ``extra`` maps a label to another result (e.g. the adaptive attacker) whose
+    ``combined`` ROC is drawn dashed.
+    """
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, e in result["scores"].items():
+        ax.plot(e["roc"]["fpr"], e["roc"]["tpr"], lw=2 if name == "combined" else 1,
+                label=f"{name} AUC={e['auc']:.3f}")
+    for label, r in (extra or {}).items():
+        e = r["scores"]["combined"]
+        ax.plot(e["roc"]["fpr"], e["roc"]["tpr"], "--", lw=2, label=f"{label}: combined AUC={e['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.axvline(result["fpr_target"], color="0.6", lw=0.8)
+    ax.set_xlabel("false positive rate (clean flagged)")
+    ax.set_ylabel("true positive rate (aligned flagged)")
+    ax.set_title(f"noise detector, sigma={result['sigma'] * 255:.2g}/255, K={result['k']}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    # score distributions of the best raw score
+    best = result["best"] if result["best"] != "combined" else next(iter(result["raw_scores"]["clean"]))
+    c = np.asarray(result["raw_scores"]["clean"][best])
+    a = np.asarray(result["raw_scores"]["aligned"][best])
+    bins = np.linspace(min(c.min(), a.min()), max(c.max(), a.max()) + 1e-12, 25)
+    ax2.hist(c, bins=bins, alpha=0.6, label=f"clean (n={c.size})")
+    ax2.hist(a, bins=bins, alpha=0.6, label=f"aligned (n={a.size})")
+    for label, r in (extra or {}).items():
+        ax2.hist(np.asarray(r["raw_scores"]["aligned"][best]), bins=bins, histtype="step", lw=2, label=label)
+    ax2.set_xlabel(f"{best} ({result['scores'][best].get('direction', '')})")
+    ax2.set_ylabel("images")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

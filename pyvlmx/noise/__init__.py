@@ -1,0 +1,13 @@
+"""Embedding statistics under Gaussian pixel noise vs the linear (Jacobian) theory.
+
+Example:
+    >>> from pyvlmx.models import load_model
+    >>> from pyvlmx.noise import noise_statistics
+    >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
+    >>> r = noise_statistics(m, torch.rand(3, 32, 32), [1e-3, 1e-2], n=1024)  # doctest: +SKIP
+"""
+
+from pyvlmx.noise.plots import plot_accuracy, plot_discrepancy, plot_qq  # noqa: F401
+from pyvlmx.noise.statistics import (  # noqa: F401
+    accuracy_under_noise, anderson_darling, mardia, noise_statistics,
+)

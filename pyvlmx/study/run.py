@@ -1,0 +1,370 @@
+"""``pyvlmx study``: the whole paper on one model and one image folder.
+
+Stages, each writing ``<stage>.json`` into the output folder as it ends (a
+rerun on the same folder loads finished stages instead of recomputing them,
+and the sweep resumes pair by pair):
+
+1. ``zeroshot``: zero-shot accuracy of the clean images;
+2. ``systematic``: every image aligned to every other class (the sweep);
+3. ``noise``: embedding statistics under Gaussian noise vs the linearisation
+   ``f(x0) + J e``, and zero-shot accuracy vs sigma for clean and aligned images;
+4. ``spectra``: Jacobian singular values of original vs aligned images;
+5. ``detect``: the noise-sensitivity detector on clean vs aligned images,
+   and against an adaptive (EOT) attacker;
+6. the report (``report.html``, ``report.md``) from ``study.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pyvlmx.systematic.store import atomic_write_text
+
+
+@dataclass
+class StudyConfig:
+    """Settings of a study; the defaults finish within 10 minutes on a 2-core CPU
+    with the offline default model and the sample photos.
+
+    Attributes:
+        model, pretrained, data, device: what to study and where.
+        targets: target classes per image in the sweep ("all" or a number).
+        eps: L-inf budget of the alignment (pixels).
+        max_steps: step limit per pair.
+        batch_size: pairs per batch in the sweep.
+        noise_images: clean images (and as many aligned ones) in the noise analysis.
+        noise_sigmas: noise levels (pixels) of the covariance analysis.
+        noise_n: noisy copies per sigma.
+        acc_sigmas, acc_copies: grid and copies per image of accuracy-vs-sigma.
+        spectra_pairs, spectra_k, spectra_method: Jacobian spectra of that many
+            original/aligned pairs, top k by that route.
+        detect_sigma, detect_k: the detector's noise probe.
+        eot_images, eot_samples, eot_steps: the adaptive attacker.
+        seed: every random choice.
+    """
+
+    model: str = "default"
+    pretrained: str | None = None
+    data: str = "samples"
+    device: str = "cpu"
+    targets: str | int = "all"
+    eps: float = 4 / 255
+    max_steps: int = 100
+    batch_size: int = 32
+    bf16: bool = False
+    noise_images: int = 1
+    noise_sigmas: tuple[float, ...] = (0.05 / 255, 0.2 / 255, 1 / 255, 4 / 255)
+    noise_n: int = 1024
+    acc_sigmas: tuple[float, ...] = (0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255)
+    acc_copies: int = 4
+    spectra_pairs: int = 3
+    spectra_k: int = 16
+    spectra_method: str = "randomized"
+    detect_sigma: float = 8 / 255
+    detect_k: int = 16
+    eot_images: int = 6
+    eot_samples: int = 4
+    eot_steps: int = 40
+    seed: int = 0
+
+    def stage_config(self, *keys: str) -> dict:
+        d = dataclasses.asdict(self)
+        base = {k: d[k] for k in ("model", "pretrained", "data", "seed")}
+        base.update({k: d[k] for k in keys})
+        return base
+
+
+def _digest(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """Runs stages, or loads them when a finished result with the same settings exists."""
+
+    def __init__(self, out: Path, log):
+        self.out = out
+        self.log = log
+        self.timing: dict[str, float] = {}
+
+    def __call__(self, name: str, cfg: dict, fn):
+        path = self.out / f"{name}.json"
+        key = _digest(cfg)
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if done.get("_stage", {}).get("config_digest") == key:
+                self.log(f"[{name}] already done ({path}), loaded")
+                self.timing[name] = done["_stage"]["seconds"]
+                return done
+            self.log(f"[{name}] settings changed since the last run: recomputing")
+        self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        result = fn()
+        secs = time.perf_counter() - t0
+        result["_stage"] = {"config": cfg, "config_digest": key, "seconds": secs}
+        atomic_write_text(path, json.dumps(_json_safe(result), indent=1, allow_nan=False))
+        self.timing[name] = secs
+        self.log(f"[{name}] done in {secs:.1f} s")
+        return result
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, torch.Tensor):
+        return _json_safe(x.tolist())
+    if hasattr(x, "item") and hasattr(x, "dtype"):  # numpy scalar
+        return _json_safe(x.item())
+    return x
+
+
+def _num(x):
+    if x == "inf":
+        return math.inf
+    return x
+
+
+def _aligned_choice(records: list[dict]) -> dict[int, dict]:
+    """One successful aligned image per clean image: its lowest-numbered pair."""
+    chosen: dict[int, dict] = {}
+    for r in sorted(records, key=lambda r: r["pair_id"]):
+        if (r.get("status") == "ok" and r.get("png") and r["pred_after"] == r["target_class"]
+                and r["pred_before"] != r["target_class"]):  # not already the target: a real change
+            chosen.setdefault(int(r["image_index"]), r)
+    return chosen
+
+
+def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, log=print) -> dict:
+    """Run (or resume) a study and write its report.
+
+    Args:
+        cfg: :class:`StudyConfig`.
+        out: output folder (created; an existing one is resumed).
+        progress: show progress bars.
+        log: where stage messages go.
+
+    Returns:
+        the ``study.json`` dict (headline, sections, settings, environment).
+    """
+    from pyvlmx.cli.info import environment
+    from pyvlmx.data import load_dataset, load_image
+    from pyvlmx.detect import evaluate_detector
+    from pyvlmx.detect.adaptive import align as eot_align
+    from pyvlmx.detect.plots import plot_roc
+    from pyvlmx.jacobian import compare_spectra
+    from pyvlmx.jacobian.plots import plot_compare_spectra
+    from pyvlmx.models import load_model
+    from pyvlmx.noise import accuracy_under_noise, noise_statistics
+    from pyvlmx.noise.plots import plot_accuracy, plot_discrepancy, plot_qq
+    from pyvlmx.report import build_report
+    from pyvlmx.study.figures import plot_confusion, plot_examples, plot_quality
+    from pyvlmx.systematic import load_records, run_sweep
+    from pyvlmx.zeroshot import ZeroShotClassifier, evaluate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    stage = _Stages(out, log)
+    log(f"study: model={cfg.model} data={cfg.data} device={cfg.device} -> {out}")
+    log(f"sizes: targets={cfg.targets} per image, eps={cfg.eps * 255:.1f}/255, noise {cfg.noise_n} copies x "
+        f"{len(cfg.noise_sigmas)} sigmas on {cfg.noise_images} image(s), spectra of {cfg.spectra_pairs} pairs "
+        f"(k={cfg.spectra_k}, {cfg.spectra_method}), detector K={cfg.detect_k}, EOT on {cfg.eot_images} images")
+    model = load_model(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+    dataset = load_dataset(cfg.data, model.image_size)
+    classnames = list(dataset.classnames)
+    labels = [int(lbl) for _, lbl in dataset.samples]
+    clf = ZeroShotClassifier(model, classnames)
+
+    # 1. zero-shot -------------------------------------------------------------
+    zs = stage("zeroshot", cfg.stage_config(), lambda: evaluate(model, dataset, progress=progress))
+
+    # 2. systematic sweep ----------------------------------------------------
+    sweep_dir = out / "systematic"
+
+    def _sweep():
+        summary = run_sweep(model, dataset, sweep_dir, targets=cfg.targets, eps=cfg.eps,
+                            max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                            save_images=True, progress=progress, bf16=cfg.bf16)
+        return {"summary": summary}
+
+    sweep = stage("systematic", cfg.stage_config("targets", "eps", "max_steps", "bf16"), _sweep)["summary"]
+    records = load_records(sweep_dir)
+    chosen = _aligned_choice(records)
+    if len(chosen) < 2:
+        raise RuntimeError(f"the sweep produced {len(chosen)} usable aligned images; the analyses need >= 2")
+    idx = sorted(chosen)
+    originals = torch.stack([dataset[i][0] for i in idx]).to(model.device)
+    aligned = torch.stack([load_image(sweep_dir / chosen[i]["png"]) for i in idx]).to(model.device)
+    targets_of = [int(chosen[i]["target_class"]) for i in idx]
+
+    # 3. noise ------------------------------------------------------------------
+    def _noise():
+        per_image = []
+        n_img = min(cfg.noise_images, len(idx))
+        for j in range(n_img):
+            for kind, img in (("clean", originals[j]), ("aligned", aligned[j])):
+                res = noise_statistics(model, img, cfg.noise_sigmas, cfg.noise_n, seed=cfg.seed + j,
+                                       progress=progress)
+                res.update(kind=kind, image_index=idx[j], image=str(dataset.samples[idx[j]][0]))
+                per_image.append(res)
+        acc = {"clean": accuracy_under_noise(model, originals, [labels[i] for i in idx], classnames,
+                                             sigmas=cfg.acc_sigmas, n_copies=cfg.acc_copies, seed=cfg.seed,
+                                             classifier=clf),
+               "aligned": accuracy_under_noise(model, aligned, [labels[i] for i in idx], classnames,
+                                               sigmas=cfg.acc_sigmas, n_copies=cfg.acc_copies, seed=cfg.seed,
+                                               target_labels=targets_of, classifier=clf)}
+        return {"statistics": per_image, "accuracy": acc}
+
+    noise = stage("noise", cfg.stage_config("noise_images", "noise_sigmas", "noise_n", "acc_sigmas",
+                                            "acc_copies", "targets", "eps", "max_steps"), _noise)
+    for j, res in enumerate(noise["statistics"]):
+        plot_discrepancy(res, out / f"noise_discrepancy_{j}.png")
+        plot_qq(res, out / f"noise_qq_{j}.png")
+    plot_accuracy(noise["accuracy"], out / "noise_accuracy.png")
+
+    # 4. spectra -------------------------------------------------------------
+    m = min(max(cfg.spectra_pairs, 2), len(idx))
+    spectra = stage("spectra", cfg.stage_config("spectra_pairs", "spectra_k", "spectra_method", "targets", "eps",
+                                                "max_steps"),
+                    lambda: compare_spectra(model, originals[:m], aligned[:m], k=cfg.spectra_k,
+                                            method=cfg.spectra_method, seed=cfg.seed, progress=progress,
+                                            names=[classnames[labels[i]] for i in idx[:m]]))
+    plot_compare_spectra(spectra, out / "spectra.png")
+
+    # 5. detection -----------------------------------------------------------
+    def _detect():
+        clean_all = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(model.device)
+        plain = evaluate_detector(model, clean_all, aligned, class_weights=clf.weights, sigma=cfg.detect_sigma,
+                                  k=cfg.detect_k, seed=cfg.seed)
+        n_eot = min(cfg.eot_images, len(idx))
+        tgt_emb = clf.weights[torch.tensor(targets_of[:n_eot], device=clf.weights.device)]
+        eot_imgs, eot_info = eot_align(model, originals[:n_eot], tgt_emb, eps=cfg.eps, steps=cfg.eot_steps,
+                                       eot_samples=cfg.eot_samples, sigma=cfg.detect_sigma, seed=cfg.seed)
+        with torch.no_grad():
+            pred, _ = clf.predict(eot_imgs)
+        eot_success = float((pred.cpu() == torch.tensor(targets_of[:n_eot])).float().mean())
+        # Same clean images and seeds as the non-adaptive evaluation.
+        eot = evaluate_detector(model, clean_all, eot_imgs, class_weights=clf.weights, sigma=cfg.detect_sigma,
+                                k=cfg.detect_k, seed=cfg.seed)
+        return {"plain": plain, "eot": eot, "eot_attack": {"images": n_eot, "targeted_success": eot_success,
+                                                           "info": eot_info}}
+
+    det = stage("detect", cfg.stage_config("detect_sigma", "detect_k", "eot_images", "eot_samples", "eot_steps",
+                                           "targets", "eps", "max_steps"), _detect)
+    plot_roc(det["plain"], out / "roc.png", extra={"adaptive (EOT)": det["eot"]})
+
+    # 6. figures of the sweep, study.json, report ------------------------------
+    ex_rows = []
+    for i in idx[:6]:
+        r = chosen[i]
+        ex_rows.append({"original": dataset[i][0], "aligned": load_image(sweep_dir / r["png"]),
+                        "true_name": classnames[r["label"]], "pred_before": classnames[r["pred_before"]],
+                        "pred_after": classnames[r["pred_after"]], "target_name": r["target_name"],
+                        "psnr": _num(r.get("psnr")), "linf": r.get("linf", 0.0)})
+    plot_examples(ex_rows, out / "examples.png")
+    plot_confusion(sweep["confusion_target_vs_pred"], classnames, out / "confusion.png")
+    plot_quality(records, out / "quality.png")
+
+    study = _compose(cfg, zs, sweep, noise, spectra, det, stage.timing, time.perf_counter() - t_start,
+                     environment())
+    atomic_write_text(out / "study.json", json.dumps(_json_safe(study), indent=1, allow_nan=False))
+    md, page = build_report(out)
+    log(f"report: {page}\n        {md}")
+    log(f"study finished in {time.perf_counter() - t_start:.1f} s")
+    return study
+
+
+def _metric(sweep: dict, name: str, stat: str):
+    return _num(sweep["metrics"][name].get(stat))
+
+
+def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
+    plain, eot = det["plain"], det["eot"]
+    fpr_key = f"tpr_at_fpr_{plain['fpr_target']:g}"
+    headline = [
+        {"metric": "zero-shot top-1 accuracy", "value": zs["top1"], "fmt": "{:.1%}",
+         "note": f"{zs['n_images']} clean images, {len(sweep['classnames'])} classes"},
+        {"metric": "systematic accuracy", "value": sweep["systematic_accuracy"], "fmt": "{:.1%}",
+         "note": f"fraction of {sweep['pairs']} (image, target) pairs still classified as the true class"},
+        {"metric": "targeted success", "value": sweep["targeted_success_rate"], "fmt": "{:.1%}",
+         "note": f"aligned image classified as the target class (L-inf budget {cfg.eps * 255:.0f}/255)"},
+        {"metric": "PSNR median", "value": _metric(sweep, "psnr", "median"), "fmt": "{:.1f} dB", "note": ""},
+        {"metric": "PSNR worst", "value": _metric(sweep, "psnr", "worst"), "fmt": "{:.1f} dB", "note": ""},
+        {"metric": "SSIM median", "value": _metric(sweep, "ssim", "median"), "fmt": "{:.4f}", "note": ""},
+        {"metric": "SSIM worst", "value": _metric(sweep, "ssim", "worst"), "fmt": "{:.4f}", "note": ""},
+        {"metric": "cosine to target median", "value": _metric(sweep, "cos_target", "median"), "fmt": "{:.3f}",
+         "note": "text embedding of the target class"},
+        {"metric": "cosine to target worst", "value": _metric(sweep, "cos_target", "worst"), "fmt": "{:.3f}",
+         "note": ""},
+        {"metric": "detection AUC (combined score)", "value": plain["scores"]["combined"]["auc"], "fmt": "{:.3f}",
+         "note": f"clean vs aligned, K={plain['k']} noisy copies at sigma {plain['sigma'] * 255:.0f}/255; "
+                 f"TPR at 5% FPR {plain['scores']['combined'][fpr_key]:.2f}"},
+        {"metric": "detection AUC vs adaptive (EOT) attacker", "value": eot["scores"]["combined"]["auc"],
+         "fmt": "{:.3f}", "note": f"{det['eot_attack']['images']} images, EOT targeted success "
+                                  f"{det['eot_attack']['targeted_success']:.0%}"},
+    ]
+    per_class_rows = [[name, pc["pairs"], pc["systematic_accuracy"], pc["targeted_success_rate"],
+                       _num(pc["metrics"]["psnr"].get("median")), _num(pc["metrics"]["ssim"].get("median"))]
+                      for name, pc in sweep["per_class"].items()]
+    zs_rows = [[name, v.get("n", ""), v.get("top1", v.get("accuracy"))] for name, v in
+               zs.get("per_class", {}).items()] if isinstance(zs.get("per_class"), dict) else []
+    noise_rows = []
+    for res in noise["statistics"]:
+        for r in res["per_sigma"]:
+            noise_rows.append([res["kind"], f"{r['sigma'] * 255:.3g}/255", r["rel_fro"], r["sampling_error"],
+                               r["ratio"], "yes" if r["holds"] else "no"])
+    spec_tests = spectra.get("tests", {})
+    det_rows = [[name, s["auc"], s.get(fpr_key), s.get("direction", ""), eot["scores"][name]["auc"]]
+                for name, s in plain["scores"].items()]
+    sections = [
+        {"title": "Zero-shot vs systematic evaluation",
+         "text": ("Zero-shot accuracy is measured on the clean images. The systematic evaluation moves every "
+                  "image, by gradient steps on its pixels within an L-inf budget, until its embedding matches each "
+                  "other class's text embedding, and classifies the result (Salman et al., arXiv 2402.08473)."),
+         "tables": ([{"columns": ["class", "images", "zero-shot top-1"], "rows": zs_rows,
+                      "caption": "zero-shot accuracy per class"}] if zs_rows else []) +
+                   [{"columns": ["true class", "pairs", "systematic acc.", "targeted success", "PSNR median",
+                                 "SSIM median"], "rows": per_class_rows, "caption": "sweep per true class"}],
+         "figures": [{"file": "examples.png", "caption": "original | aligned | amplified difference"},
+                     {"file": "confusion.png", "caption": "confusion matrix of aligned predictions (target vs predicted)"},
+                     {"file": "quality.png", "caption": "PSNR, SSIM and cosine-to-target over all pairs"}]},
+        {"title": "Gaussian noise vs the linear approximation",
+         "text": ("For noise e ~ N(0, s^2 I), the linearisation f(x0 + e) ~ f(x0) + J e predicts embeddings with "
+                  "covariance s^2 J J^T. The discrepancy is the relative Frobenius error of the empirical covariance; "
+                  "the sampling error is what N samples alone give (split halves). The approximation holds where the "
+                  "ratio is within 2."),
+         "tables": [{"columns": ["image", "sigma", "rel. Frobenius error", "sampling error", "ratio", "holds"],
+                     "rows": noise_rows, "caption": "covariance discrepancy"}],
+         "figures": [{"file": f"noise_discrepancy_{j}.png",
+                      "caption": f"discrepancy vs sigma ({res['kind']} image)"} for j, res in
+                     enumerate(noise["statistics"])] +
+                    [{"file": f"noise_qq_{j}.png", "caption": f"normal Q-Q plots along the top predicted "
+                                                              f"directions ({res['kind']} image)"}
+                     for j, res in enumerate(noise["statistics"])] +
+                    [{"file": "noise_accuracy.png", "caption": "zero-shot accuracy vs sigma, clean and aligned"}]},
+        {"title": "Jacobian spectra: original vs aligned",
+         "text": "Paired tests over images: " + json.dumps(_json_safe(spec_tests))[:1500],
+         "tables": [], "figures": [{"file": "spectra.png", "caption": "singular values of J, original vs aligned"}]},
+        {"title": "Noise-sensitivity detection",
+         "text": ("Scores from K noisy copies of each image, calibrated on clean images (cross-fitted), two-tailed. "
+                  f"Adaptive attacker: alignment in expectation over the detector's noise "
+                  f"({cfg.eot_samples} samples per step, {cfg.eot_steps} steps)."),
+         "tables": [{"columns": ["score", "AUC", "TPR at 5% FPR", "direction", "AUC vs EOT"], "rows": det_rows,
+                     "caption": "detector"}],
+         "figures": [{"file": "roc.png", "caption": "ROC: clean vs aligned (solid), vs adaptive EOT (dashed)"}]},
+    ]
+    return {"title": f"pyvlmx study: {cfg.model} on {cfg.data}", "headline": headline, "sections": sections,
+            "settings": dataclasses.asdict(cfg) | {"stage_seconds": timing, "total_seconds": total_s},
+            "environment": env}
