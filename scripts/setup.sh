@@ -11,6 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-dev.txt
+# Optional ImageBind family, without its audio/video dependencies (see the file).
+.venv/bin/python -m pip install -q --no-deps -r requirements-imagebind.txt
 # The toolkit on PATH may be a wrapper script; setup.py follows it to the real
 # nvcc. Hopper (H100/H200) by default; override with TORCH_CUDA_ARCH_LIST.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}

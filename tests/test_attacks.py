@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import needs_cuda
-from pyvlmx.attacks import (AlignmentConfig, EmbeddingAlignment, create_attack, get_attack_class, list_attacks,
+from pyvlmx.attacks import (EmbeddingAlignment, create_attack, get_attack_class, list_attacks,
                             quantize_8bit)
 from pyvlmx.models.base import VisionLanguageModel
 

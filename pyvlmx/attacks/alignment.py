@@ -218,6 +218,9 @@ class _Outcome:
         self.success = torch.zeros(B, dtype=torch.bool)
         self.wall = torch.zeros(B, dtype=torch.float64)
         self.reason = [""] * B
+        self.eps = torch.zeros(B, device=device)
+        self.rounds = torch.zeros(B, dtype=torch.long)
+        self.total_steps = torch.zeros(B, dtype=torch.long)
 
 
 @register_attack("align", "alignment")
@@ -606,9 +609,6 @@ class _RunContext:
         D = self.t.shape[1]
         out = _Outcome(B, self.x0.shape[1:], D, device)
         out.eps = eps_t.clone()
-        out.rounds = torch.zeros(B, dtype=torch.long)
-        out.total_steps = torch.zeros(B, dtype=torch.long)
-        out.final = torch.zeros(B, dtype=torch.bool)
         self.records: list[dict | None] = [None] * B
         all_idx = torch.arange(B, device=device)
 

@@ -108,7 +108,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = None,
     if why is not None:
         raise RuntimeError(f"model family {fam.name!r} is not usable: {why} (needs {fam.requires})")
     model = fam.loader(arch, pretrained=pretrained, device=device, **kwargs)
-    model.name = f"{fam.name}:{arch}" if fam.name not in arch else arch
+    model.name = arch if arch in fam.plain_names else f"{fam.name}:{arch}"
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

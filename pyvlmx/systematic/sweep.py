@@ -41,8 +41,6 @@ from pyvlmx.systematic.pairs import build_pairs, chunks_for_rank
 from pyvlmx.systematic.summary import format_summary, summarize
 
 FORMAT_VERSION = 1
-SWEEP_KEYS = ("targets", "target_mode", "batch_size", "attack", "templates", "seed", "save_images",
-              "max_images", "progress", "quantize_inputs")
 # The sweep's attack defaults: the attack's own (see AlignmentConfig), but a
 # failing pair is recorded, not raised.
 ATTACK_DEFAULTS: dict[str, Any] = {"errors": "record"}
@@ -195,7 +193,7 @@ def run_sweep(model, dataset, out_dir: str | os.PathLike, **cfg: Any) -> dict:
         >>> ds = load_dataset("samples", m.image_size)               # doctest: +SKIP
         >>> summary = run_sweep(m, ds, "out/sweep", eps=8 / 255)     # doctest: +SKIP
     """
-    from pyvlmx.zeroshot import ZeroShotClassifier, resolve_templates
+    from pyvlmx.zeroshot import resolve_templates
 
     out_dir = Path(out_dir)
     sweep_opts = {"targets": "all", "target_mode": "text", "batch_size": 32, "attack": "embedding-alignment",
@@ -399,6 +397,11 @@ def merge(out_dir: str | os.PathLike, expected: int | None = None, partial: bool
     store.write_merged(out_dir, records)
     summary = summarize(records, config["classnames"])
     summary["config"] = config
+    old_path = out_dir / store.SUMMARY_NAME
+    if old_path.exists():  # keep the timing of the run that wrote it (a by-hand merge has none)
+        timing = json.loads(old_path.read_text()).get("timing")
+        if timing is not None:
+            summary["timing"] = timing
     store.atomic_write_text(out_dir / store.SUMMARY_NAME, json.dumps(store._clean(summary), indent=2,
                                                                       allow_nan=False))
     store.atomic_write_text(out_dir / "summary.txt", format_summary(summary) + "\n")
