@@ -45,3 +45,12 @@ def samples():
     from pyvlmx.data import load_dataset
 
     return load_dataset("samples", 224)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (tiny shapes gain nothing from more)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

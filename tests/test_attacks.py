@@ -22,12 +22,8 @@ TINY = {"eps": EPS, "rel_step": 1 / 16, "max_steps": 80}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny shapes: one thread is fastest and keeps a shared 2-core machine usable
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny shapes: one thread is fastest."""
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,8 @@ CFG = {"eps": 32 / 255, "rel_step": 1 / 16, "max_steps": 80, "batch_size": 4, "t
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny shapes: one thread is fastest."""
 
 
 @pytest.fixture(scope="module")

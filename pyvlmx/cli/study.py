@@ -26,6 +26,7 @@ def _run(args) -> int:
     if args.noise_sigmas is not None:
         cfg.noise_sigmas = tuple(_pixels(s) for s in args.noise_sigmas)
     cfg.bf16 = bool(args.bf16)
+    cfg.noise_aligned = bool(args.noise_aligned)
     run_study(cfg, args.out, progress=not args.no_progress)
     return 0
 
@@ -38,13 +39,15 @@ def register(sub) -> None:
     p.add_argument("--data", help="'samples' (default) or an ImageFolder directory")
     p.add_argument("--out", default="runs/study", help="output folder (resumed if it exists)")
     p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--targets", help="target classes per image: 'all' (default) or a number")
+    p.add_argument("--targets", help="target classes per image: a number K (default 3, sampled per image) or 'all'")
     p.add_argument("--eps", help="L-inf budget in pixels, e.g. 4/255")
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder (CUDA)")
     p.add_argument("--noise-n", dest="noise_n", type=int, help="noisy copies per sigma")
     p.add_argument("--noise-images", dest="noise_images", type=int)
+    p.add_argument("--noise-aligned", action="store_true",
+                   help="run the covariance analysis on aligned images too (doubles its cost)")
     p.add_argument("--noise-sigmas", dest="noise_sigmas", nargs="+", help="e.g. 0.1/255 1/255 4/255")
     p.add_argument("--spectra-pairs", dest="spectra_pairs", type=int)
     p.add_argument("--spectra-k", dest="spectra_k", type=int)

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pyvlmx.plotting import pyplot
 
 
 def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Path:
@@ -22,7 +15,7 @@ def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Path:
     ``extra`` maps a label to another result (e.g. the adaptive attacker) whose
     ``combined`` ROC is drawn dashed.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     for name, e in result["scores"].items():
         ax.plot(e["roc"]["fpr"], e["roc"]["tpr"], lw=2 if name == "combined" else 1,

@@ -7,20 +7,13 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pyvlmx.plotting import pyplot
 
 
 def plot_spectra(results: Sequence[dict], path: str | Path, labels: Sequence[str] | None = None,
                  title: str = "Jacobian singular values") -> Path:
     """Singular values (log scale) of one or more :func:`~pyvlmx.jacobian.spectrum` results."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, r in enumerate(results):
         s = np.asarray(r["singular_values"])
@@ -40,7 +33,7 @@ def plot_spectra(results: Sequence[dict], path: str | Path, labels: Sequence[str
 
 def plot_compare_spectra(result: dict, path: str | Path) -> Path:
     """Paper Fig. 3: per-pair spectra of original (blue) vs aligned (red), means bold."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for p in result["pairs"]:
         for key, c in (("original", "tab:blue"), ("aligned", "tab:red")):

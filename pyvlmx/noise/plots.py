@@ -6,19 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pyvlmx.plotting import pyplot
 
 
 def plot_discrepancy(result: dict, path: str | Path) -> Path:
     """Covariance discrepancy vs sigma with the split-half sampling floor (log-log)."""
-    plt = _plt()
+    plt = pyplot()
     rows = sorted(result["per_sigma"], key=lambda r: r["sigma"])
     s = np.array([r["sigma"] for r in rows])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -49,7 +42,7 @@ def plot_discrepancy(result: dict, path: str | Path) -> Path:
 
 def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Path:
     """Normal Q-Q plots of the projections on the top predicted principal directions."""
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in sorted(result["per_sigma"], key=lambda r: r["sigma"]) if "qq" in r]
     if len(rows) > max_sigmas:
         idx = np.linspace(0, len(rows) - 1, max_sigmas).round().astype(int)
@@ -79,7 +72,7 @@ def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Path:
 def plot_accuracy(results: dict, path: str | Path) -> Path:
     """Zero-shot accuracy vs sigma; ``results`` maps a label ("clean", "aligned") to
     an :func:`~pyvlmx.noise.accuracy_under_noise` result."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, r in results.items():
         s = np.asarray(r["sigmas"]) * 255

@@ -8,14 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pyvlmx.plotting import pyplot
 
 
 def _hwc(x) -> np.ndarray:
@@ -31,7 +24,7 @@ def plot_examples(rows: Sequence[dict], path: str | Path) -> Path:
             ``target_name``, ``psnr`` (dB or None), ``linf``.
         path: PNG to write.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(rows)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3.1 * n), squeeze=False)
     for i, r in enumerate(rows):
@@ -57,7 +50,7 @@ def plot_examples(rows: Sequence[dict], path: str | Path) -> Path:
 def plot_confusion(matrix: Sequence[Sequence[int]], classnames: Sequence[str], path: str | Path,
                    xlabel: str = "predicted after alignment", ylabel: str = "target class") -> Path:
     """Row-normalised confusion matrix as a heat map."""
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     C = len(classnames)
@@ -78,7 +71,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classnames: Sequence[str], p
 
 def plot_quality(records: Sequence[dict], path: str | Path) -> Path:
     """Histograms of PSNR, SSIM and cosine to target over the sweep's pairs."""
-    plt = _plt()
+    plt = pyplot()
     ok = [r for r in records if r.get("status") == "ok"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, label in zip(axes, ("psnr", "ssim", "cos_target"),
