@@ -66,18 +66,18 @@ class StudyConfig:
     bf16: bool = False
     noise_images: int = 1
     noise_sigmas: tuple[float, ...] = (0.1 / 255, 1 / 255, 4 / 255)
-    noise_n: int = 512
+    noise_n: int = 256
     noise_aligned: bool = False
     acc_sigmas: tuple[float, ...] = (0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255)
     acc_copies: int = 4
-    spectra_pairs: int = 3
+    spectra_pairs: int = 2
     spectra_k: int = 16
     spectra_method: str = "randomized"
     detect_sigma: float = 8 / 255
     detect_k: int = 16
-    eot_images: int = 6
+    eot_images: int = 4
     eot_samples: int = 4
-    eot_steps: int = 40
+    eot_steps: int = 30
     seed: int = 0
 
     def stage_config(self, *keys: str) -> dict:
