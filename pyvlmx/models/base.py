@@ -8,6 +8,8 @@ Embeddings come back unit-norm.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -32,6 +34,18 @@ def check_pixels(pixels: torch.Tensor, image_size: int | None = None, name: str 
             lo, hi = float(pixels.min()), float(pixels.max())
         if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # also catches NaN
             raise ValueError(f"expected {name} in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def save_state_dict(module: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``module.state_dict()`` to ``path`` (parents created); returns the path.
+
+    The adapters' ``save_checkpoint`` functions call this with the wrapped
+    network, so the file loads back through ``load_model(..., pretrained=path)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), path)
+    return path
 
 
 class VisionLanguageModel(nn.Module):

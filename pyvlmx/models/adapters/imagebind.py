@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from pyvlmx.models.base import VisionLanguageModel
+from pyvlmx.models.base import VisionLanguageModel, save_state_dict
 from pyvlmx.models.registry import ModelFamily, register_family
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -217,10 +217,7 @@ def load_imagebind(arch: str, pretrained: str | None = None, device="cpu", seed:
 
 def save_checkpoint(model: ImageBindVisionText, path: str | os.PathLike) -> Path:
     """Save the vision/text weights as a state-dict file that ``pretrained=path`` loads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.imagebind.state_dict(), path)
-    return path
+    return save_state_dict(model.imagebind, path)
 
 
 register_family(ModelFamily(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pyvlmx.models.base import VisionLanguageModel
+from pyvlmx.models.base import VisionLanguageModel, save_state_dict
 from pyvlmx.models.registry import ModelFamily, register_family
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -103,13 +103,10 @@ def load_open_clip(arch: str, pretrained: str | None = None, device="cpu", seed:
         if pretrained not in tags:
             raise ValueError(f"pretrained={pretrained!r} is neither a file nor a tag of open_clip:{arch}; "
                              f"valid tags: {tags}")
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         if pretrained is None and seed is not None:
             torch.manual_seed(seed)
         clip = oc.create_model(arch, pretrained=pretrained, device="cpu", **kwargs)
-    finally:
-        torch.random.set_rng_state(state)
     clip.eval()
     tokenizer = oc.get_tokenizer(arch)
     return OpenCLIPModel(clip, tokenizer, arch, pretrained)
@@ -117,10 +114,7 @@ def load_open_clip(arch: str, pretrained: str | None = None, device="cpu", seed:
 
 def save_checkpoint(model: OpenCLIPModel, path: str | os.PathLike) -> Path:
     """Save the open_clip weights as a state-dict file that ``pretrained=path`` loads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.clip.state_dict(), path)
-    return path
+    return save_state_dict(model.clip, path)
 
 
 register_family(ModelFamily(
