@@ -3,7 +3,8 @@
     python -m benchmarks [--quick] [--device cpu|cuda] [--out DIR] [--only NAME ...]
 
 Each module ``benchmarks/bench_<name>.py`` exposes ``run(quick, device)``
-returning rows (dicts).  Every figure in a row is measured in this same run,
+returning or yielding rows (dicts); each module's files are rewritten after
+every row, so a stopped run keeps what it measured.  Every figure in a row is measured in this same run,
 next to its baseline; ``<out>/<name>.json`` and ``<out>/<name>.md`` are
 written per module, plus ``<out>/summary.md`` joining the tables.
 """
@@ -18,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks._common import metadata, write_results
+from benchmarks._common import collect, metadata, write_results
 
 MODULES = ["kernels", "attack", "spectra"]
 
@@ -39,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== benchmarks.bench_{name} ({'quick' if args.quick else 'full'}, {args.device})", flush=True)
         t0 = time.perf_counter()
         try:
-            rows = mod.run(quick=args.quick, device=args.device)
+            meta = metadata(args.device)
+            collect(mod.run(quick=args.quick, device=args.device),
+                    lambda done, name=name, meta=meta: write_results(name, done, out, meta))
         except Exception:  # report which module broke, keep the others' results
             failed.append(name)
             traceback.print_exc()
             continue
-        write_results(name, rows, out)
         md = (out / f"{name}.md").read_text()
         sections.append(f"### {name}\n\n{md}\n")
         print(md)

@@ -1,8 +1,10 @@
 """Shared helpers of the pyvlmx benchmarks.
 
-Every benchmark module exposes ``run(quick: bool, device: str) -> list[dict]``
-and is runnable as ``python -m benchmarks.<name> [--quick] [--device cuda]
-[--out DIR]``; :func:`main` implements that command line.  Timings use
+Every benchmark module exposes ``run(quick: bool, device: str)`` returning or
+yielding rows (dicts) and is runnable as ``python -m benchmarks.<name>
+[--quick] [--device cuda] [--out DIR]``; :func:`main` implements that command
+line.  A module that yields has each row saved as soon as it is measured
+(:func:`collect`), so a long run that is stopped keeps what it measured.  Timings use
 ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-up first, median and
 interquartile range, ``torch.cuda.synchronize`` on GPU), and every figure is
 compared against a baseline measured in the same process.
@@ -21,7 +23,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.utils.benchmark as tb
 
-__all__ = ["timeit", "metadata", "write_results", "markdown_table", "sync", "main"]
+__all__ = ["timeit", "metadata", "write_results", "markdown_table", "sync", "collect", "main"]
 
 
 def sync(device: str | torch.device | None = None) -> None:
@@ -162,7 +164,22 @@ def write_results(name: str, rows: list[dict], out_dir: str = "benchmarks/result
     return jpath, mpath
 
 
-def main(name: str, run: Callable[[bool, str], list[dict]], argv=None,
+def collect(rows: Iterable[dict], save: Callable[[list[dict]], object]) -> list[dict]:
+    """Gather rows from a list or a generator, calling ``save(rows_so_far)`` after each.
+
+    An exception inside the generator (or Ctrl-C) leaves the rows measured
+    before it saved, and is raised again.
+    """
+    done: list[dict] = []
+    for row in rows:
+        done.append(row)
+        save(done)
+    if not done:
+        save(done)
+    return done
+
+
+def main(name: str, run: Callable[[bool, str], Iterable[dict]], argv=None,
          columns: Optional[Iterable[str]] = None) -> list[dict]:
     """Command line shared by the benchmark modules."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}")
@@ -172,9 +189,16 @@ def main(name: str, run: Callable[[bool, str], list[dict]], argv=None,
     args = p.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device is available")
-    rows = run(args.quick, args.device)
-    jpath, mpath = write_results(name + ("_quick" if args.quick else "") + f"_{torch.device(args.device).type}",
-                                 rows, args.out, metadata(args.device), columns)
+    meta = metadata(args.device)
+    stem = name + ("_quick" if args.quick else "") + f"_{torch.device(args.device).type}"
+    paths: list[tuple[str, str]] = []
+
+    def save(rows: list[dict]) -> None:
+        paths[:] = [write_results(stem, rows, args.out, meta, columns)]
+        print(markdown_table(rows[-1:], columns).splitlines()[-1] if rows else "(no rows)", flush=True)
+
+    rows = collect(run(args.quick, args.device), save)
+    jpath, mpath = paths[0]
     with open(mpath) as fh:
         print(fh.read())
     print(f"wrote {jpath} and {mpath}")

@@ -150,7 +150,7 @@ def _bench_batched(model, x, tc, W, device, quick, name, eps) -> list[dict]:
              "pairs": P, "batch": 1, "median_s": tl["median"], "iqr_s": tl["iqr"], "pairs_per_s": P / tl["median"]}]
 
 
-def _bench_optimizers(model, x, tc, W, device, quick, name, eps) -> list[dict]:
+def _bench_optimizers(model, x, tc, W, device, quick, name, eps):
     rows = []
     # gd's step is in pixels per unit gradient: scale it so that the first
     # step's largest pixel change is a given fraction of eps
@@ -177,18 +177,18 @@ def _bench_optimizers(model, x, tc, W, device, quick, name, eps) -> list[dict]:
                          "pairs": x.shape[0], "success": float(res.success.float().mean()),
                          "median_steps": statistics.median(ok_steps) if ok_steps else None,
                          "max_steps": max(steps), "median_psnr": statistics.median(psnr), "median_s": dt})
+            yield rows[-1]
     default = next(r for r in rows if r["optimizer"] == "sign" and r["what"] == "rel_step=0.125")
     floor = default["median_psnr"] - 0.5
     for opt in grid:
         cands = [r for r in rows if r["optimizer"] == opt and r["success"] == 1.0 and r["median_psnr"] >= floor]
         best = min(cands, key=lambda r: r["median_steps"], default=None)
-        rows.append({"bench": "optimizer", "device": device, "model": name, "optimizer": opt,
-                     "what": "matched PSNR: fastest at 100% success",
-                     "median_steps": best["median_steps"] if best else None,
-                     "median_psnr": best["median_psnr"] if best else None,
-                     "step_size": best["step_size"] if best else None,
-                     "note": f"PSNR >= {floor:.2f} dB" + ("" if best else ": no setting qualifies")})
-    return rows
+        yield {"bench": "optimizer", "device": device, "model": name, "optimizer": opt,
+               "what": "matched PSNR: fastest at 100% success",
+               "median_steps": best["median_steps"] if best else None,
+               "median_psnr": best["median_psnr"] if best else None,
+               "step_size": best["step_size"] if best else None,
+               "note": f"PSNR >= {floor:.2f} dB" + ("" if best else ": no setting qualifies")}
 
 
 def _bench_peer(model, x, guides, device, quick, name, eps) -> list[dict]:
@@ -264,22 +264,21 @@ def _bench_peer(model, x, guides, device, quick, name, eps) -> list[dict]:
              "note": f"smallest uniform max_iter reaching {ours_success:.2f} (cos >= {thr})"}]
 
 
-def run(quick: bool, device: str) -> list[dict]:
+def run(quick: bool, device: str):
+    """Yield the rows part by part (each is saved as soon as it is measured)."""
     torch.manual_seed(0)
     model, x, tc, W, guides, eps = _setup(quick, device)
     name = model.name
     # PYVLMX_BENCH_PARTS=step,batched runs a subset (the GPU machine has no ART).
     parts = os.environ.get("PYVLMX_BENCH_PARTS", "step,batched,optimizers,peer").split(",")
-    rows = []
     if "step" in parts:
-        rows.append(_bench_step(model, x, W, device, quick, name))
+        yield _bench_step(model, x, W, device, quick, name)
     if "batched" in parts:
-        rows += _bench_batched(model, x, tc, W, device, quick, name, eps)
+        yield from _bench_batched(model, x, tc, W, device, quick, name, eps)
     if "optimizers" in parts:
-        rows += _bench_optimizers(model, x, tc, W, device, quick, name, eps)
+        yield from _bench_optimizers(model, x, tc, W, device, quick, name, eps)
     if "peer" in parts:
-        rows += _bench_peer(model, x, guides, device, quick, name, eps)
-    return rows
+        yield from _bench_peer(model, x, guides, device, quick, name, eps)
 
 
 if __name__ == "__main__":

@@ -222,18 +222,17 @@ def bench_sketch(quick: bool, device: str, mrt: float) -> list[dict]:
     return rows
 
 
-def run(quick: bool, device: str) -> list[dict]:
-    """All rows of the kernel benchmark (see module docstring)."""
+def run(quick: bool, device: str):
+    """Yield the rows of the kernel benchmark, one op at a time (see module docstring)."""
     mrt = 0.2 if quick else 1.0
-    rows = []
-    for fn in (bench_projected_step, bench_ssim, bench_moments, bench_sketch):
-        rows += fn(quick, device, mrt)
-        sync(device)
     ext = "compiled" if ops.compiled("projected_step") else "reference twins (extension missing)"
-    for row in rows:
-        row.setdefault("baseline", None)
-        row["impl"] = ext
-    return rows
+    for fn in (bench_projected_step, bench_ssim, bench_moments, bench_sketch):
+        rows = fn(quick, device, mrt)
+        sync(device)
+        for row in rows:
+            row.setdefault("baseline", None)
+            row["impl"] = ext
+            yield row
 
 
 if __name__ == "__main__":

@@ -98,3 +98,11 @@ def test_accuracy_under_noise(tiny_clip, tmp_path):
     assert r["accuracy"][1] == 1.0          # 1e-4 changes nothing on this model
     assert r["target_rate"][0] == 0.0
     assert plot_accuracy({"clean": r}, tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_sweep_subsets_spread_over_images():
+    from pyvlmx.noise._cli_common import spread_over_images
+
+    recs = [{"pair_id": p, "image_index": i} for p, i in [(5, 1), (0, 0), (1, 0), (2, 0), (3, 1), (4, 2)]]
+    order = [r["pair_id"] for r in spread_over_images(recs)]
+    assert order == [0, 3, 4, 1, 5, 2]

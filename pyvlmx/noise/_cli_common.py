@@ -22,7 +22,7 @@ def add_image_args(p) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--image", nargs="+", help="image file(s)")
     g.add_argument("--data", help="'samples' (embedded photos) or an ImageFolder directory")
-    p.add_argument("--max-images", type=int, default=None, help="use the first N images of --data")
+    p.add_argument("--max-images", type=int, default=None, help="the first N images of --data; with --sweep, N pairs spread over the images")
 
 
 def parse_sigma(text: str) -> float:
@@ -55,8 +55,24 @@ def load_images(args, image_size: int) -> tuple[torch.Tensor, list[int] | None, 
     return torch.stack(xs), list(ys), list(ds.classnames), [Path(p).name for p, _ in ds.samples[:n]]
 
 
+def spread_over_images(recs: list[dict]) -> list[dict]:
+    """Records reordered round-robin over ``image_index`` (stable within an image)."""
+    by_image: dict[int, list[dict]] = {}
+    for r in sorted(recs, key=lambda r: r["pair_id"]):
+        by_image.setdefault(int(r["image_index"]), []).append(r)
+    out = []
+    for rnd in range(max((len(v) for v in by_image.values()), default=0)):
+        out += [v[rnd] for _, v in sorted(by_image.items()) if rnd < len(v)]
+    return out
+
+
 def load_sweep(sweep_dir: str, image_size: int, max_pairs: int | None = None):
-    """Originals, aligned images, labels, target classes and classnames of a sweep's successful pairs."""
+    """Originals, aligned images, labels, target classes and records of a sweep's successful pairs.
+
+    With ``max_pairs``, the pairs are taken round-robin over the source
+    images (first target of every image, then the second, ...), so that a
+    small subset spans as many images as it can.
+    """
     from pyvlmx.data import load_image
     from pyvlmx.systematic import load_records
 
@@ -65,7 +81,7 @@ def load_sweep(sweep_dir: str, image_size: int, max_pairs: int | None = None):
     if not recs:
         raise ValueError(f"sweep {root} has no successful pairs with saved PNGs (run it with save_images)")
     if max_pairs is not None:
-        recs = recs[:max_pairs]
+        recs = spread_over_images(recs)[:max_pairs]
     orig = torch.stack([load_image(r["image_path"], image_size) for r in recs])
     al = torch.stack([load_image(root / r["png"], image_size) for r in recs])
     names = {}
