@@ -209,7 +209,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     if len(chosen) < 2:
         raise RuntimeError(f"the sweep produced {len(chosen)} usable aligned images; the analyses need >= 2")
     idx = sorted(chosen)
-    originals = torch.stack([dataset[i][0] for i in idx]).to(model.device)
+    # every clean image, decoded once: the detector calibrates on all of them
+    clean_all = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(model.device)
+    originals = clean_all[idx]
     aligned = torch.stack([load_image(sweep_dir / chosen[i]["png"]) for i in idx]).to(model.device)
     targets_of = [int(chosen[i]["target_class"]) for i in idx]
 
@@ -250,7 +252,6 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
 
     # 5. detection -----------------------------------------------------------
     def _detect():
-        clean_all = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(model.device)
         plain = evaluate_detector(model, clean_all, aligned, class_weights=clf.weights, sigma=cfg.detect_sigma,
                                   k=cfg.detect_k, seed=cfg.seed)
         n_eot = min(cfg.eot_images, len(idx))
@@ -272,9 +273,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
 
     # 6. figures of the sweep, study.json, report ------------------------------
     ex_rows = []
-    for i in idx[:6]:
+    for j, i in enumerate(idx[:6]):
         r = chosen[i]
-        ex_rows.append({"original": dataset[i][0], "aligned": load_image(sweep_dir / r["png"]),
+        ex_rows.append({"original": originals[j].cpu(), "aligned": aligned[j].cpu(),
                         "true_name": classnames[r["label"]], "pred_before": classnames[r["pred_before"]],
                         "pred_after": classnames[r["pred_after"]], "target_name": r["target_name"],
                         "psnr": _num(r.get("psnr")), "linf": r.get("linf", 0.0)})
