@@ -59,7 +59,8 @@ def register(sub) -> None:
     g.add_argument("--image", nargs="+", help="image file(s)")
     g.add_argument("--data", help="'samples' or an ImageFolder directory")
     g.add_argument("--sweep", help="systematic sweep folder: compare originals vs aligned images")
-    p.add_argument("--max-images", type=int, default=None, help="first N images (--data), or N pairs spread over the images (--sweep)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="first N images (--data), or N pairs spread over the images (--sweep)")
     p.add_argument("--k", type=int, default=None, help="singular values (needed unless --method exact)")
     p.add_argument("--method", default="exact", choices=["exact", "randomized", "vjp", "streaming", "all"])
     p.add_argument("--power-iters", type=int, default=2)

@@ -22,7 +22,8 @@ def add_image_args(p) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--image", nargs="+", help="image file(s)")
     g.add_argument("--data", help="'samples' (embedded photos) or an ImageFolder directory")
-    p.add_argument("--max-images", type=int, default=None, help="the first N images of --data; with --sweep, N pairs spread over the images")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="the first N images of --data; with --sweep, N pairs spread over the images")
 
 
 def parse_sigma(text: str) -> float:
