@@ -28,7 +28,7 @@ def _run(args) -> int:
     from pyvlmx.noise._cli_common import load_images
 
     imgs, _, _, names = load_images(args, model.image_size)
-    methods = ["exact", "randomized", "vjp", "streaming"] if args.method == "all" else [args.method]
+    methods = ["exact", "randomized", "krylov", "vjp", "streaming"] if args.method == "all" else [args.method]
     allres = []
     for i, name in enumerate(names):
         res = []
@@ -62,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=int, default=None,
                    help="first N images (--data), or N pairs spread over the images (--sweep)")
     p.add_argument("--k", type=int, default=None, help="singular values (needed unless --method exact)")
-    p.add_argument("--method", default="exact", choices=["exact", "randomized", "vjp", "streaming", "all"])
-    p.add_argument("--power-iters", type=int, default=2)
+    p.add_argument("--method", default="exact",
+                   choices=["exact", "randomized", "krylov", "vjp", "streaming", "all"])
+    p.add_argument("--power-iters", type=int, default=2, help="power (randomized) or Krylov (krylov) iterations")
     p.add_argument("--oversample", type=int, default=10)
     p.set_defaults(func=_run)

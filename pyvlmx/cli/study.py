@@ -51,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--noise-sigmas", dest="noise_sigmas", nargs="+", help="e.g. 0.1/255 1/255 4/255")
     p.add_argument("--spectra-pairs", dest="spectra_pairs", type=int)
     p.add_argument("--spectra-k", dest="spectra_k", type=int)
-    p.add_argument("--spectra-method", dest="spectra_method", choices=["exact", "randomized", "vjp", "streaming"])
+    p.add_argument("--spectra-method", dest="spectra_method",
+                   choices=["exact", "randomized", "krylov", "vjp", "streaming"])
     p.add_argument("--detect-k", dest="detect_k", type=int)
     p.add_argument("--eot-images", dest="eot_images", type=int)
     p.add_argument("--seed", type=int)

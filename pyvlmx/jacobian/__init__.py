@@ -8,7 +8,8 @@ Example:
 """
 
 from pyvlmx.jacobian.operator import (  # noqa: F401
-    JVP_MODES, VJP_MODES, JacobianOperator, analysis_mode, exact_svd, randomized_range_svd, streaming_svd,
+    JVP_MODES, VJP_MODES, JacobianOperator, analysis_mode, block_krylov_svd, exact_svd, randomized_range_svd,
+    streaming_svd,
 )
 from pyvlmx.jacobian.plots import plot_compare_spectra, plot_spectra  # noqa: F401
 from pyvlmx.jacobian.spectra import (  # noqa: F401

@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pyvlmx.jacobian.operator import JacobianOperator, exact_svd, randomized_range_svd, streaming_svd
+from pyvlmx.jacobian.operator import (
+    JacobianOperator, block_krylov_svd, exact_svd, randomized_range_svd, streaming_svd,
+)
 
-METHODS = ("exact", "randomized", "vjp", "streaming")
+METHODS = ("exact", "randomized", "krylov", "vjp", "streaming")
 
 
 def effective_rank(s: torch.Tensor | Sequence[float], eps: float = 1e-30) -> float:
@@ -60,10 +62,13 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
         image: (3, H, W) in [0, 1].
         k: number of singular values (None: all D, only with ``"exact"``).
         method: ``"exact"`` (eigenvalues of J J^T from D VJPs),
-            ``"randomized"`` (HMT with JVPs and VJPs), ``"vjp"`` (HMT without
-            forward mode), ``"streaming"`` (TYUC single-pass sketch of J's rows).
+            ``"randomized"`` (HMT with JVPs and VJPs), ``"krylov"`` (randomized
+            block Krylov, same products as ``"randomized"``, for slowly
+            decaying spectra), ``"vjp"`` (HMT without forward mode),
+            ``"streaming"`` (TYUC single-pass sketch of J's rows).
         normalize: Jacobian of the unit-norm embedding (default) or raw features.
-        oversample, power_iters, seed: randomized parameters.
+        oversample, power_iters, seed: randomized parameters (for
+            ``"krylov"``: block ``k + oversample``, ``power_iters`` Krylov iterations).
         chunk_size, jvp_mode, vjp_mode: passed to :class:`JacobianOperator`.
         operator: reuse an existing operator at this image.
 
@@ -101,6 +106,10 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
                                    variant="forward" if method == "randomized" else "vjp")
         s = res["singular_values"]
         extra.update(probes=res["probes"], power_iters=power_iters)
+    elif method == "krylov":
+        res = block_krylov_svd(op, k, block=k + oversample, iters=power_iters, seed=seed)
+        s = res["singular_values"]
+        extra.update(basis_dim=res["basis_dim"], power_iters=power_iters)
     else:
         res = streaming_svd(op, k, seed=seed)
         s = res["singular_values"]
