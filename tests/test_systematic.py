@@ -269,6 +269,9 @@ def test_cli_align_and_errors(folder, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["record"]["success"] and m["record"]["pred_after_name"] == "zebra"
     assert (out / "side_by_side.png").stat().st_size > 1000 and (out / "aligned.png").exists()
+    printed = capsys.readouterr().out
+    psnr = m["record"]["psnr"]
+    assert f"PSNR {'inf' if psnr is None else format(psnr, '.2f')} dB" in printed
     assert main(["align", "--image", img, "--target", "zebr"] + common) == 2
     err = capsys.readouterr().err
     assert "target class 'zebr' is not in the class list (did you mean ['zebra']?)" in err

@@ -103,7 +103,8 @@ def _run(args) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     status = "aligned" if rec["success"] else f"NOT aligned ({rec['reason']})"
     print(f"{status}: {rec['pred_before_name']} -> {rec['pred_after_name']} in {rec['steps']} steps; "
-          f"cos to target {rec['cos_target']:.4f}, PSNR {rec['psnr']} dB, SSIM {rec['ssim']:.4f}, "
+          f"cos to target {rec['cos_target']:.4f}, "
+          f"PSNR {'inf' if rec['psnr'] is None else format(rec['psnr'], '.2f')} dB, SSIM {rec['ssim']:.4f}, "
           f"L-inf {255 * rec['linf']:.2f}/255; wrote {out}/side_by_side.png, aligned.png, metrics.json")
     return 0 if rec["success"] else 1
 
