@@ -41,8 +41,20 @@ COLUMNS = ["bench", "device", "model", "what", "batch", "pairs", "optimizer", "s
            "median_psnr", "iters", "goal", "note"]
 
 
-def _setup(quick: bool, device: str):
+def _random_pairs(model, classes: list[str], n: int, size: int, device: str):
+    """n random 8-bit images, each targeted at the class after its predicted one, image guides rolled by one."""
     from pyvlmx.attacks import quantize_8bit
+    from pyvlmx.zeroshot import ZeroShotClassifier
+
+    g = torch.Generator().manual_seed(0)
+    x = quantize_8bit(torch.rand(n, 3, size, size, generator=g)).to(device)
+    W = ZeroShotClassifier(model, classes).weights
+    with torch.no_grad():
+        pred = (model.encode_image(x) @ W.t()).argmax(1)
+    return x, (pred + 1) % len(classes), W, x.roll(1, 0)
+
+
+def _setup(quick: bool, device: str):
     from pyvlmx.models import load_model
     from pyvlmx.zeroshot import ZeroShotClassifier
 
@@ -52,26 +64,11 @@ def _setup(quick: bool, device: str):
         # offline default's weights are absent (the GPU machine) or to time
         # another architecture. Batch of 64 pairs, as the GPU goal asks.
         model = load_model(override, seed=0, device=device)
-        classes = [f"class {i}" for i in range(16)]
-        g = torch.Generator().manual_seed(0)
-        s = model.image_size
-        x = quantize_8bit(torch.rand(64, 3, s, s, generator=g)).to(device)
-        W = ZeroShotClassifier(model, classes).weights
-        with torch.no_grad():
-            pred = (model.encode_image(x) @ W.t()).argmax(1)
-        tc = (pred + 1) % len(classes)
-        guides = x.roll(1, 0)
+        x, tc, W, guides = _random_pairs(model, [f"class {i}" for i in range(16)], 64, model.image_size, device)
         eps = 4 / 255
     elif quick:
         model = load_model("open_clip:pyvlmx-tiny-vit", seed=0, device=device)
-        classes = ["kettle", "xylophone", "zebra"]
-        g = torch.Generator().manual_seed(0)
-        x = quantize_8bit(torch.rand(6, 3, 32, 32, generator=g)).to(device)
-        W = ZeroShotClassifier(model, classes).weights
-        with torch.no_grad():
-            pred = (model.encode_image(x) @ W.t()).argmax(1)
-        tc = (pred + 1) % len(classes)
-        guides = x.roll(1, 0)
+        x, tc, W, guides = _random_pairs(model, ["kettle", "xylophone", "zebra"], 6, 32, device)
         eps = 32 / 255
     else:
         from pyvlmx.data import load_dataset

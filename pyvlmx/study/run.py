@@ -234,8 +234,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
                                                target_labels=targets_of, classifier=clf)}
         return {"statistics": per_image, "accuracy": acc}
 
-    noise = stage("noise", cfg.stage_config("noise_images", "noise_aligned", "noise_sigmas", "noise_n", "acc_sigmas",
-                                            "acc_copies", "targets", "eps", "max_steps"), _noise)
+    noise = stage("noise", cfg.stage_config("noise_images", "noise_aligned", "noise_sigmas", "noise_n",
+                                            "acc_sigmas", "acc_copies", "targets", "eps", "max_steps"), _noise)
     for j, res in enumerate(noise["statistics"]):
         plot_discrepancy(res, out / f"noise_discrepancy_{j}.png")
         plot_qq(res, out / f"noise_qq_{j}.png")
