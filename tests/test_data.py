@@ -204,6 +204,109 @@ def test_folder_duplicate_readable_names_are_disambiguated(tmp_path):
     assert ds.classnames == ["missile (n03773504)", "missile (n04008634)", "tabby cat"]
 
 
+# --- symbolic links: each real folder once, each real file once, loops end ------------------
+
+def _paths_and_warnings(root, **kw):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ImageFolderDataset(root, image_size=8, **kw)
+    return ds, [str(w.message) for w in caught]
+
+
+def test_folder_self_link_counts_each_photo_once(tmp_path):
+    root = _good_folder(tmp_path / "data", classes=("cat", "dog"), per_class=1)
+    os.symlink(".", root / "dog" / "me")  # ln -s . dog/me: once 41 copies of dog/0.png
+    ds, msgs = _paths_and_warnings(root)
+    assert len(ds) == 2 and ds.targets == [0, 1]
+    loops = [m for m in msgs if "the loop is not followed" in m]
+    assert len(loops) == 1 and str(root / "dog" / "me") in loops[0]
+    assert [s.path for s in ds.skipped] == [str(root / "dog" / "me")]
+    assert "a folder above it (a loop)" in ds.skipped[0].reason
+
+
+def test_folder_link_to_parent_and_root_are_not_followed(tmp_path):
+    root = _good_folder(tmp_path / "data", classes=("cat", "dog"), per_class=2)
+    os.symlink("..", root / "cat" / "up")  # back to the dataset root: cat/up/cat/up/...
+    (root / "dog" / "deep" / "er").mkdir(parents=True)
+    _write(root / "dog" / "deep" / "er" / "x.png", _rgb(10, 10, seed=7))
+    os.symlink("../..", root / "dog" / "deep" / "er" / "back")  # to dog/ itself
+    ds, msgs = _paths_and_warnings(root)
+    assert len(ds) == 5 and sorted(os.path.relpath(p, root) for p in ds.paths) == [
+        "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "dog/deep/er/x.png"]
+    assert sum("the loop is not followed" in m for m in msgs) == 2
+    assert {os.path.relpath(s.path, root) for s in ds.skipped} == {"cat/up", "dog/deep/er/back"}
+
+
+def test_folder_links_to_one_folder_or_file_count_it_once(tmp_path):
+    root = _good_folder(tmp_path / "data", classes=("cat", "dog"), per_class=1)
+    extra = tmp_path / "elsewhere"
+    _write(extra / "e.png", _rgb(10, 10, seed=3))
+    os.symlink(extra, root / "dog" / "a")
+    os.symlink(extra, root / "dog" / "b")  # the same real folder again
+    os.symlink(root / "cat" / "0.png", root / "dog" / "cat-copy.png")  # the same real file again
+    os.link(root / "cat" / "0.png", root / "dog" / "hard.png")
+    ds, _ = _paths_and_warnings(root)
+    rel = [os.path.relpath(p, root) for p in ds.paths]
+    assert rel == ["cat/0.png", "dog/0.png", "dog/a/e.png"]
+    reasons = {os.path.relpath(s.path, root): s.reason for s in ds.skipped}
+    assert reasons["dog/b"].startswith(f"folder already scanned as {root / 'dog' / 'a'}")
+    assert reasons["dog/cat-copy.png"] == f"same file as {root / 'cat' / '0.png'}; counted once"
+    assert reasons["dog/hard.png"] == f"same file as {root / 'cat' / '0.png'}; counted once"
+
+
+def test_folder_scan_ends_on_a_forest_of_loops(tmp_path):
+    """Many links that each double the tree under os.walk(followlinks=True): a scan of seconds."""
+    import subprocess
+    import sys
+    import time
+
+    root = _good_folder(tmp_path / "data", classes=("cat", "dog"), per_class=1)
+    for c in ("cat", "dog"):
+        for k in range(6):
+            os.symlink(".", root / c / f"self{k}")
+            os.symlink("..", root / c / f"up{k}")
+    code = ("import warnings, sys; warnings.simplefilter('ignore');"
+            "from pyvlmx.data import ImageFolderDataset;"
+            f"ds = ImageFolderDataset({str(root)!r}, image_size=8); print(len(ds), len(ds.skipped))")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "24"]
+    assert time.perf_counter() - t0 < 60
+
+
+def test_folder_keeps_os_walk_order_without_links(tmp_path):
+    root = tmp_path / "data"
+    for rel in ("a/z.png", "a/b/y.png", "a/b/c/x.png", "a/c.png", "a/d/w.png", "b/1.png"):
+        _write(root / rel, _rgb(10, 10))
+    (root / "a" / ".hidden").mkdir()
+    _write(root / "a" / ".hidden" / "h.png", _rgb(10, 10))
+    expect = []
+    for c in ("a", "b"):
+        for dirpath, dirnames, filenames in os.walk(root / c):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            expect += [os.path.join(dirpath, f) for f in sorted(filenames)]
+    ds, _ = _paths_and_warnings(root)
+    assert ds.paths == expect and len(expect) == 6
+
+
+def test_dark_16bit_png_scales_by_the_type_range(tmp_path):
+    arr = np.full((12, 10), 200, dtype=np.uint16)  # 200 / 65535: almost black
+    p = tmp_path / "dark16.png"
+    Image.fromarray(arr).save(p)
+    with Image.open(p) as im:
+        assert im.mode.startswith("I;16") or im.mode == "I"
+    x = load_image(p)
+    assert x.shape == (3, 12, 10)
+    assert torch.all(x == 1 / 255)  # round(200 / 65535 * 255) = 1 grey level, not 0.78
+    arr[:6] = 65535
+    Image.fromarray(arr).save(p)
+    x = load_image(p)
+    assert torch.all(x[:, :6] == 1) and torch.all(x[:, 6:] == 1 / 255)
+
+
 # --- the embedded samples ---------------------------------------------------------------------
 
 def test_samples_dataset(samples):

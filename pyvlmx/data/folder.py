@@ -15,6 +15,10 @@ image are dropped the same way; a root that does not exist, has no class
 folders, no readable image, or fewer than ``min_classes`` classes raises a
 ValueError / FileNotFoundError that says so.
 
+Symbolic links are followed, but each real folder is entered once and each
+real file counted once: a link to a folder above it (a loop) is reported with
+one warning and skipped, so a scan always ends.
+
 Example:
     >>> from pyvlmx.data import load_dataset
     >>> ds = load_dataset("samples", image_size=224)
@@ -44,6 +48,11 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Imag
                   EOFError)
 
 
+# Greyscale modes wider than 8 bits.  PIL opens 16-bit PNG/TIFF/PGM as "I;16*" (older
+# Pillow: "I", 32-bit int holding the 16-bit values); both are read as 16-bit data.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 class UnreadableImageError(ValueError):
     """An image file that PIL cannot open or decode (message names the file)."""
 
@@ -69,10 +78,12 @@ def _open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit greyscale: PIL's convert("RGB") would clip it, so scale to 8 bits.
+            if im.mode in _WIDE_GREY_MODES:
+                # 16-bit greyscale: PIL's convert("RGB") would clip it, so scale to 8 bits by
+                # the type's range (65535 is white), never by the data's maximum: a dark
+                # 16-bit image stays dark.
                 arr = np.asarray(im, dtype=np.float64)
-                arr = np.clip(np.round(arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0), 0, 255)
+                arr = np.clip(np.round(arr / 65535.0 * 255.0), 0, 255)
                 return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
             return im.convert("RGB")
     except FileNotFoundError:
@@ -152,6 +163,15 @@ def readable_class_name(folder: str) -> str:
     return folder.replace("_", " ").strip()
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to (links followed); None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Labelled images in the ImageFolder layout (see the module docstring).
 
@@ -201,6 +221,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"dataset folder {self.root} has no class folders{hint}")
 
         kept: list[tuple[str, list[str]]] = []
+        self._seen_dirs: dict[tuple[int, int], str] = {}
+        self._seen_files: dict[tuple[int, int], str] = {}
         for d in class_dirs:
             files = self._scan_class(Path(d.path), verify)
             if files:
@@ -227,19 +249,74 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                           f"(see dataset.skipped): {self._skip_summary()}", stacklevel=2)
 
     def _scan_class(self, folder: Path, verify: str) -> list[str]:
+        """Image files under ``folder``, in os.walk's top-down sorted order.
+
+        Symbolic links are followed, but each real folder is entered once
+        and each real file counted once (identity = device and inode): a link
+        to a folder above it (a loop, ``ln -s . dog/me``, ``ln -s .. dog/up``)
+        is reported with one warning and not followed; a second way to reach
+        a folder or file already scanned is listed in ``skipped``.
+        """
         files = []
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if not name.lower().endswith(IMG_EXTENSIONS):
+        # (dev, ino) of every real folder on the way down from the dataset root
+        ancestors = {_identity(self.root)}
+        stack: list[tuple[Path, tuple[int, int] | None]] = [(folder, None)]
+        while stack:
+            current, marker = stack.pop()
+            if marker is not None:  # leaving a folder
+                ancestors.discard(marker)
+                continue
+            ident = _identity(current)
+            if ident is None:
+                self.skipped.append(Skipped(str(current), "folder cannot be read"))
+                continue
+            if ident in ancestors:
+                target = os.path.realpath(current)
+                self.skipped.append(Skipped(str(current), f"symbolic link to {target}, a folder above it "
+                                                          f"(a loop); not followed"))
+                warnings.warn(f"{current}: symbolic link to {target}, a folder that contains it; the loop "
+                              f"is not followed", stacklevel=3)
+                continue
+            if ident in self._seen_dirs:
+                self.skipped.append(Skipped(str(current), f"folder already scanned as "
+                                                          f"{self._seen_dirs[ident]}; not counted twice"))
+                continue
+            self._seen_dirs[ident] = str(current)
+            ancestors.add(ident)
+            try:
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError as exc:
+                self.skipped.append(Skipped(str(current), f"folder cannot be read ({exc.strerror or exc})"))
+                ancestors.discard(ident)
+                continue
+            subdirs = []
+            for e in entries:
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not e.name.startswith("."):
+                        subdirs.append(Path(e.path))
+                    continue
+                path = e.path
+                if not e.name.lower().endswith(IMG_EXTENSIONS):
                     self.skipped.append(Skipped(path, f"not an image file extension {IMG_EXTENSIONS}"))
+                    continue
+                fid = _identity(Path(path))
+                if fid is not None and fid in self._seen_files:
+                    self.skipped.append(Skipped(path, f"same file as {self._seen_files[fid]}; counted once"))
                     continue
                 reason = self._check_file(Path(path), verify)
                 if reason is None:
                     files.append(path)
+                    if fid is not None:
+                        self._seen_files[fid] = path
                 else:
                     self.skipped.append(Skipped(path, reason))
+            # depth-first, sorted: push the leave-marker first, then the sub-folders in reverse
+            stack.append((current, ident))
+            stack.extend((d, None) for d in reversed(subdirs))
         return files
 
     @staticmethod
