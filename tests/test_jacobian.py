@@ -154,7 +154,7 @@ def test_spectrum_dict_methods_agree_and_serialise(tmp_path):
     m = designed_linear(s_true)
     img = _image(8)
     res = {meth: spectrum(m, img, k=5, method=meth, normalize=False, chunk_size=8)
-           for meth in ("exact", "randomized", "krylov", "vjp", "streaming")}
+           for meth in ("exact", "randomized", "krylov", "vjp", "single-pass", "row-streaming", "streaming")}
     for meth, r in res.items():
         json.dumps(r)
         assert r["k"] == 5 and r["embed_dim"] == 20

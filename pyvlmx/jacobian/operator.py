@@ -437,11 +437,117 @@ def exact_svd(op: JacobianOperator) -> dict:
     return {"singular_values": s, "left": evecs[:, order], "gram": G}
 
 
-def streaming_svd(op: JacobianOperator, k: int, *, range_dim: int | None = None,
-                  core_dim: int | None = None, row_block: int | None = None, seed: int = 0,
-                  kind: str = "gaussian") -> dict:
-    """Single-pass streaming sketch of J (Tropp, Yurtsever, Udell, Cevher 2019).
+def _sketch_seeds(seed: int) -> tuple[int, int, int]:
+    """Seeds of the pixel-side, Upsilon and Phi test matrices; disjoint for different seeds."""
+    return 3 * seed, 3 * seed + 1, 3 * seed + 2
 
+
+def single_pass_svd(op: JacobianOperator, k: int, *, range_dim: int | None = None,
+                    core_dim: int | None = None, seed: int = 0, kind: str = "gaussian") -> dict:
+    """Single-pass randomized SVD of J from ``2r + s`` products (Tropp, Yurtsever, Udell, Cevher 2019).
+
+    The three sketches of TYUC's fixed-rank streaming approximation are
+    taken from J by matrix-free products, all independent of each other (no
+    power iterations, nothing depends on an earlier product):
+
+    * range    ``Y = J Omega``         (D x r):  r JVPs,  ``Omega``   P x r
+    * co-range ``W = Upsilon J``       (r x P):  r VJPs,  ``Upsilon`` r x D
+    * core     ``Z = Phi J Psi^T``     (s x s):  s JVPs,  ``Psi`` s x P, ``Phi`` s x D
+      applied to ``J Psi^T`` in the embedding space.
+
+    Then ``Q = orth(Y)``, ``Pm = orth(W^T)``,
+    ``C = (Phi Q)^+ Z ((Psi Pm)^+)^T`` (r x r) and ``J ~ Q C Pm^T``; the SVD
+    of the small ``C`` gives the singular values and, through ``Q`` and
+    ``Pm``, the vectors.  With Gaussian test matrices and ``s >= 2r + 1``
+    (TYUC Thm. 5.1, real field)
+
+        E ||J - Q C Pm^T||_F^2 <= (s - 1) / (s - r - 1)
+                                  * min_{rho < r - 1} (r + rho - 1) / (r - rho - 1) * tau_{rho+1}^2,
+
+    ``tau_{rho+1}^2 = sum_{j > rho} sigma_j^2``: exact when rank J < r - 1,
+    and as good as the tail allows otherwise.  Like HMT without power
+    iterations it cannot sharpen a flat spectrum; it buys independence of
+    the products (one batched pass, any order, any device split).
+
+    No test matrix is stored whole: ``[Omega^T; Psi]`` ((r + s) x P, one seed)
+    is regenerated in row blocks with :func:`pyvlmx.ops.omega` (entry (i, j)
+    depends on (seed, i, j) only, Philox in the kernel) as each chunk of
+    JVP tangents is needed and again, block by block, for ``Psi Pm``;
+    ``Upsilon^T`` and ``Phi^T`` (D x r, D x s) are applied inside
+    :func:`pyvlmx.ops.sketch_t` or made by :func:`pyvlmx.ops.omega`.
+
+    Args:
+        op: the operator.
+        k: number of singular values wanted (k <= r).
+        range_dim: r (default ``min(4k + 1, D, P)``, as TYUC advise for a
+            given rank when storage is not the constraint).
+        core_dim: s (default ``2r + 1``); must be >= r.
+        seed: the test matrices use seeds ``3 seed .. 3 seed + 2``.
+        kind: ``"gaussian"`` or ``"rademacher"`` test matrices.
+
+    Returns:
+        dict with ``singular_values`` (k,), ``left`` (D, k), ``right`` (P, k),
+        ``range_dim`` r, ``core_dim`` s and ``products`` {"jvp": r + s,
+        "vjp": r}.
+
+    Example:
+        >>> from pyvlmx.models import load_model
+        >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
+        >>> r = single_pass_svd(JacobianOperator(m, torch.rand(3, 32, 32)), 4)
+        >>> r["products"]
+        {'jvp': 52, 'vjp': 17}
+    """
+    from pyvlmx import ops
+
+    D, P = op.shape
+    if k < 1 or k > min(D, P):
+        raise ValueError(f"k must be in [1, {min(D, P)}], got {k}")
+    r = int(range_dim if range_dim is not None else min(4 * k + 1, D, P))
+    if not (k <= r <= min(D, P)):
+        raise ValueError(f"range_dim must be in [k={k}, {min(D, P)}], got {r}")
+    s = int(core_dim if core_dim is not None else 2 * r + 1)
+    if s < r:
+        raise ValueError(f"core_dim must be >= range_dim={r}, got {s}")
+    s_pix, s_up, s_phi = _sketch_seeds(seed)
+    work = torch.float64
+    before = dict(op.counts)
+    dev, pdt = op.device, op.dtype
+
+    def probes(a: int, b: int) -> torch.Tensor:
+        """Columns [a, b) of [Omega | Psi^T] (P, b - a), in the products' dtype."""
+        return ops.omega(b - a, P, s_pix, kind, row_offset=a, dtype=pdt, device=dev).t()
+
+    # one pass over the r + s JVP tangents, chunk by chunk, and the r VJPs
+    JV = torch.empty(D, r + s, dtype=work, device=dev)       # [J Omega | J Psi^T]
+    for a in range(0, r + s, op.chunk_size):
+        b = min(r + s, a + op.chunk_size)
+        JV[:, a:b] = op.matvec(probes(a, b)).to(work)
+    ups_t = ops.omega(D, r, s_up, kind, dtype=pdt, device=dev)  # Upsilon^T (D, r)
+    Wt = op.rmatvec(ups_t).to(work)                          # (P, r) = (Upsilon J)^T
+    Z = ops.sketch_t(JV[:, r:].contiguous(), s, s_phi, kind=kind)   # (s, s) = Phi (J Psi^T)
+    Q = _orth(JV[:, :r])                                      # (D, r)
+    Pm = _orth(Wt)                                            # (P, r)
+    del JV, Wt
+    phiQ = ops.sketch_t(Q.contiguous(), s, s_phi, kind=kind)  # (s, r) = Phi Q
+    psiP = torch.empty(s, r, dtype=work, device=dev)          # (s, r) = Psi Pm, Psi in row blocks
+    for a in range(0, s, op.chunk_size):
+        b = min(s, a + op.chunk_size)
+        psiP[a:b] = probes(r + a, r + b).t().to(work) @ Pm
+    C = torch.linalg.lstsq(phiQ, Z).solution                  # (r, s) = (Phi Q)^+ Z
+    C = torch.linalg.lstsq(psiP, C.t().contiguous()).solution.t()  # (r, r) = ... ((Psi Pm)^+)^T
+    Uc, sv, Vch = torch.linalg.svd(C)
+    return {"singular_values": sv[:k], "left": Q @ Uc[:, :k], "right": Pm @ Vch[:k].t(),
+            "range_dim": r, "core_dim": s,
+            "products": {kk: op.counts[kk] - before[kk] for kk in ("jvp", "vjp")}}
+
+
+def row_streaming_svd(op: JacobianOperator, k: int, *, range_dim: int | None = None,
+                      core_dim: int | None = None, row_block: int | None = None, seed: int = 0,
+                      kind: str = "gaussian") -> dict:
+    """TYUC sketch of J streamed row by row: D VJPs, what the exact route costs.
+
+    Kept for matrices that arrive as rows; for J itself :func:`single_pass_svd`
+    takes the same three sketches from ``2r + s`` products instead of D.
     J is consumed once, in row blocks ``J[i:i+b]`` produced by VJPs and
     dropped after use; the test matrices are never stored, they are
     regenerated inside :func:`pyvlmx.ops.sketch` / :func:`pyvlmx.ops.sketch_t`
@@ -465,7 +571,8 @@ def streaming_svd(op: JacobianOperator, k: int, *, range_dim: int | None = None,
         kind: ``"gaussian"`` or ``"rademacher"`` test matrices.
 
     Returns:
-        dict with ``singular_values`` (k,), ``range_dim``, ``core_dim``.
+        dict with ``singular_values`` (k,), ``range_dim``, ``core_dim``,
+        ``products`` {"jvp": 0, "vjp": D}.
     """
     from pyvlmx import ops
 
@@ -500,4 +607,9 @@ def streaming_svd(op: JacobianOperator, k: int, *, range_dim: int | None = None,
     C = torch.linalg.lstsq(phiQ, Z).solution                        # (r, s)
     C = torch.linalg.lstsq(psiP, C.t().contiguous()).solution.t()   # (r, r)
     sv = torch.linalg.svdvals(C)
-    return {"singular_values": sv[:k], "range_dim": r, "core_dim": s}
+    return {"singular_values": sv[:k], "range_dim": r, "core_dim": s,
+            "products": {"jvp": 0, "vjp": D}}
+
+
+#: former name of :func:`row_streaming_svd` (D VJPs); kept for old imports.
+streaming_svd = row_streaming_svd

@@ -1,6 +1,6 @@
 """Singular-value spectra of the image-to-embedding Jacobian (paper Fig. 3).
 
-:func:`spectrum` runs one of four routes on one image and returns a
+:func:`spectrum` runs one of the routes in :data:`METHODS` on one image and returns a
 JSON-serialisable dict; :func:`compare_spectra` runs it on pairs of original
 and aligned images and tests whether their spectra differ.
 """
@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from pyvlmx.jacobian.operator import (
-    JacobianOperator, block_krylov_svd, exact_svd, randomized_range_svd, streaming_svd,
+    JacobianOperator, block_krylov_svd, exact_svd, randomized_range_svd, row_streaming_svd, single_pass_svd,
 )
 
-METHODS = ("exact", "randomized", "krylov", "vjp", "streaming")
+#: spectrum routes; "streaming" is the former name of "row-streaming" (D VJPs).
+METHODS = ("exact", "randomized", "krylov", "vjp", "single-pass", "row-streaming", "streaming")
 
 
 def effective_rank(s: torch.Tensor | Sequence[float], eps: float = 1e-30) -> float:
@@ -65,7 +66,10 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
             ``"randomized"`` (HMT with JVPs and VJPs), ``"krylov"`` (randomized
             block Krylov, same products as ``"randomized"``, for slowly
             decaying spectra), ``"vjp"`` (HMT without forward mode),
-            ``"streaming"`` (TYUC single-pass sketch of J's rows).
+            ``"single-pass"`` (TYUC sketch from 2r + s independent products,
+            r = 4k + 1, s = 2r + 1), ``"row-streaming"`` (the same sketch
+            streamed over J's rows: D VJPs; ``"streaming"`` is its former
+            name).
         normalize: Jacobian of the unit-norm embedding (default) or raw features.
         oversample, power_iters, seed: randomized parameters (for
             ``"krylov"``: block k and ``power_iters`` Krylov iterations; on a
@@ -113,8 +117,12 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
         res = block_krylov_svd(op, k, block=k, iters=power_iters, seed=seed)
         s = res["singular_values"]
         extra.update(basis_dim=res["basis_dim"], power_iters=power_iters)
+    elif method == "single-pass":
+        res = single_pass_svd(op, k, seed=seed)
+        s = res["singular_values"]
+        extra.update(range_dim=res["range_dim"], core_dim=res["core_dim"])
     else:
-        res = streaming_svd(op, k, seed=seed)
+        res = row_streaming_svd(op, k, seed=seed)
         s = res["singular_values"]
         extra.update(range_dim=res["range_dim"], core_dim=res["core_dim"])
     op.release()
