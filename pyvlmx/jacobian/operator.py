@@ -20,38 +20,14 @@ tensors and noisy inputs); everything is restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterator
 
 import torch
 
+from pyvlmx.models.analysis import analysis_mode  # noqa: F401  (re-exported by pyvlmx.jacobian)
+
 JVP_MODES = ("vmap", "batch", "double_vjp")
 VJP_MODES = ("loop", "batch", "vmap")
-
-
-@contextlib.contextmanager
-def analysis_mode(model: torch.nn.Module | None = None) -> Iterator[None]:
-    """Run a model so that forward mode and double backward work.
-
-    Turns off ``torch.backends.mha`` fast paths, forces the math
-    scaled-dot-product-attention backend, and sets ``model.check_inputs``
-    False; restores all three on exit.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    had_check = model is not None and hasattr(model, "check_inputs")
-    check = getattr(model, "check_inputs", None) if had_check else None
-    torch.backends.mha.set_fastpath_enabled(False)
-    if had_check:
-        model.check_inputs = False
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        if had_check:
-            model.check_inputs = check
 
 
 def _as_image(x0: torch.Tensor) -> torch.Tensor:
