@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -96,6 +96,26 @@ def register_attack(*aliases: str) -> Callable[[type[Attack]], type[Attack]]:
 def list_attacks() -> list[str]:
     """Names ``create_attack`` accepts (aliases not included)."""
     return sorted(_ATTACKS)
+
+
+def attack_options(name: str) -> list[dict]:
+    """The options of attack ``name``: one dict per field (``name``, ``default``, ``help``, ``choices``).
+
+    Example:
+        >>> opts = {o["name"]: o for o in attack_options("embedding-alignment")}
+        >>> opts["optimizer"]["default"], opts["optimizer"]["choices"]
+        ('sign', ('sign', 'gd', 'adam'))
+    """
+    cls = get_attack_class(name)
+    if cls.config_class is None:
+        return []
+    out = []
+    for f in fields(cls.config_class):
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        out.append({"name": f.name, "default": default, "help": f.metadata.get("help", ""),
+                    "choices": f.metadata.get("choices")})
+    return out
 
 
 def get_attack_class(name: str) -> type[Attack]:
