@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pyvlmx.jacobian.operator import analysis_mode
+from pyvlmx.models.analysis import analysis_mode
+from pyvlmx.noise.copies import noisy_copies
 
 NOISE_SCORES = ("flip_rate", "displacement", "confidence_drop", "kl")
 SCORES = NOISE_SCORES + ("margin",)
@@ -65,16 +66,9 @@ def noise_scores(model, images: torch.Tensor, class_weights: torch.Tensor | None
     with torch.no_grad(), analysis_mode(model):
         for i in range(images.shape[0]):
             x = images[i:i + 1].to(device)
-            gen = torch.Generator(device=device).manual_seed(seed + i)
             f0 = model.encode_image(x)
-            fs = []
-            for j in range(0, k, batch_size):
-                b = min(batch_size, k - j)
-                xn = x + sigma * torch.randn((b, *x.shape[1:]), generator=gen, device=device, dtype=x.dtype)
-                if clamp:
-                    xn = xn.clamp(0, 1)
-                fs.append(model.encode_image(xn))
-            f = torch.cat(fs)
+            f = torch.cat([model.encode_image(xn)
+                           for xn in noisy_copies(x[0], sigma, k, seed=seed + i, clamp=clamp, chunk=batch_size)])
             out["displacement"][i] = float((f - f0).norm(dim=1).mean())
             if W is None:
                 continue

@@ -32,7 +32,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pyvlmx.jacobian.operator import JacobianOperator, analysis_mode
+from pyvlmx.jacobian.operator import JacobianOperator
+from pyvlmx.models.analysis import analysis_mode
+from pyvlmx.noise.copies import noisy_copies
 
 QQ_LEVELS = 99  # probability levels stored for Q-Q plots
 
@@ -101,7 +103,7 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
                      batch_size: int = 256, clamp: bool = False, seed: int = 0, normalize: bool = True,
                      top_k: int = 8, n_directions: int = 4, normality_samples: int = 5000,
                      gram: torch.Tensor | None = None, fn: Callable | None = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, linearisation: int = 0, linearisation_chunk: int = 32) -> dict:
     """Empirical embedding moments under pixel noise vs the linear prediction.
 
     Args:
@@ -119,6 +121,11 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
             ones drawn; AD on 10^5 samples rejects any tiny deviation).
         gram: precomputed ``J J^T`` (D, D) at ``image``; computed if None.
         fn: optional (B, 3, H, W) -> (B, D) callable used instead of the model.
+        linearisation: draws per sigma of the per-sample residual
+            ``rho = ||f(x0+e) - f(x0) - J e|| / ||f(x0+e) - f(x0)||``
+            (:func:`pyvlmx.noise.linearisation.linearisation_residuals`,
+            batched JVPs); 0 (default) skips it.
+        linearisation_chunk: draws per batched forward / JVP call for it.
 
     Returns:
         JSON-serialisable dict: ``jacobian`` (top eigenvalues of J J^T, time),
@@ -126,7 +133,9 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
         ``sampling_error``, ``ratio``, ``holds``, ``mean_shift``, eigenvalues,
         ``variance_ratio`` along the predicted directions, ``anderson``,
         ``mardia``, ``qq``), ``sigma_linear_max`` (largest sigma up to which it
-        holds at every smaller sigma of the grid) and ``sigma_breaks``.
+        holds at every smaller sigma of the grid) and ``sigma_breaks``; with
+        ``linearisation > 0`` each per-sigma dict also has ``linearisation``
+        (median, p90, ... of rho) and the result ``linearisation_loglog_slope``.
 
     Example:
         >>> from pyvlmx.models import load_model
@@ -169,18 +178,13 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
         it = tqdm(it, desc="sigmas", unit="sigma")
     for si, sigma in it:
         ts = time.perf_counter()
-        gen = torch.Generator(device=x0.device).manual_seed(seed + si)
         halves = [StreamingMoments(D, dtype=torch.float64, device=x0.device) for _ in range(2)]
         proj: list[torch.Tensor] = []
         kept = 0
         done = 0
         with torch.no_grad(), analysis_mode(mode_model):
-            while done < n:
-                b = min(batch_size, n - done)
-                eps = torch.randn((b, *x0.shape[1:]), generator=gen, device=x0.device, dtype=x0.dtype)
-                x = x0 + sigma * eps
-                if clamp:
-                    x = x.clamp(0.0, 1.0)
+            for x in noisy_copies(x0[0], sigma, n, seed=seed + si, clamp=clamp, chunk=batch_size):
+                b = x.shape[0]
                 e = (fn(x) if fn is not None else model.encode_image(x, normalize=normalize))
                 d = e.to(torch.float64) - f0          # centre at f(x0): no cancellation
                 cut = max(0, min(b, n // 2 - done))   # first n//2 copies -> half 0
@@ -193,13 +197,9 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
                     proj.append(z.cpu())
                     kept += z.shape[0]
                 done += b
-        nA, nB = halves[0].count, halves[1].count
-        mA, mB = halves[0].mean, halves[1].mean
         CA, CB = halves[0].covariance(), halves[1].covariance()
-        # pooled moments of all n copies (Chan et al. merge, written out)
-        delta = mB - mA
-        mean_d = mA + delta * (nB / n)
-        C = ((nA - 1) * CA + (nB - 1) * CB + torch.outer(delta, delta) * (nA * nB / n)) / (n - 1)
+        pooled = StreamingMoments.from_state(halves[0].state()).merge(halves[1])   # all n copies
+        mean_d, C = pooled.mean, pooled.covariance()
         Cp = sigma ** 2 * G
         norm_p = float(torch.linalg.matrix_norm(Cp))
         rel_fro = float(torch.linalg.matrix_norm(C - Cp)) / norm_p
@@ -238,6 +238,15 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
             **normality,
             "wall_time_s": time.perf_counter() - ts,
         })
+    lin_slope = None
+    if linearisation:
+        from pyvlmx.noise.linearisation import linearisation_residuals
+
+        lin = linearisation_residuals(model, image, sigmas, int(linearisation), seed=seed,
+                                      chunk=linearisation_chunk, clamp=clamp, operator=op, progress=progress)
+        for row, lr in zip(per_sigma, lin["per_sigma"]):
+            row["linearisation"] = lr
+        lin_slope = lin["loglog_slope"]
     holds = [r["holds"] for r in per_sigma]
     order_s = np.argsort(sigmas)
     sigma_lin = None
@@ -257,6 +266,7 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
         "per_sigma": per_sigma,
         "criterion": "holds when rel_fro <= 2 * sampling_error (split-half)",
         "sigma_linear_max": sigma_lin, "sigma_breaks": sigma_break,
+        **({"linearisation_loglog_slope": lin_slope} if linearisation else {}),
         "wall_time_s": time.perf_counter() - t0,
     }
 
@@ -305,15 +315,10 @@ def accuracy_under_noise(model, images: torch.Tensor, labels: Sequence[int], cla
             correct = torch.zeros(images.shape[0])
             hit_t = torch.zeros(images.shape[0])
             for i in range(images.shape[0]):
-                x = images[i:i + 1].expand(copies, -1, -1, -1)
-                if sigma > 0:
-                    x = x + sigma * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                    if clamp:
-                        x = x.clamp(0, 1)
-                preds = []
-                for j in range(0, copies, batch_size):
-                    preds.append(classifier.predict(x[j:j + batch_size])[0].cpu())
-                pred = torch.cat(preds)
+                # sigma 0: the image itself, and the noise stream is not advanced
+                chunks = ([images[i:i + 1]] if sigma == 0 else
+                          noisy_copies(images[i], sigma, copies, seed=gen, clamp=clamp, chunk=batch_size))
+                pred = torch.cat([classifier.predict(x)[0].cpu() for x in chunks])
                 correct[i] = (pred == labels_t[i]).float().mean()
                 if tgt is not None:
                     hit_t[i] = (pred == tgt[i]).float().mean()
