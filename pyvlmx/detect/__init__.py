@@ -6,7 +6,7 @@ Example:
     >>> r["scores"]["combined"]["auc"]                                             # doctest: +SKIP
 """
 
-from pyvlmx.detect.adaptive import align, quantize  # noqa: F401
+from pyvlmx.detect.adaptive import align  # noqa: F401
 from pyvlmx.detect.detector import (  # noqa: F401
     NOISE_SCORES, SCORES, Calibration, NoiseSensitivityDetector, evaluate_detector, noise_scores, roc_curve,
     tpr_at_fpr,

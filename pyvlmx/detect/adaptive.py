@@ -1,89 +1,78 @@
-"""Alignment loops for detection experiments, including an adaptive EOT attacker.
+"""Aligned images for detection experiments, including the adaptive EOT attacker.
 
-:func:`align` moves each image, within an L-inf budget, so that its embedding
-approaches a target embedding (PGD sign steps on 1/2 ||f(x) - t||^2, the
-paper's alignment loss).  With ``eot_samples > 0`` it is the adaptive attacker
-of the noise detector: Expectation over Transformation (Athalye et al. 2018)
-over the detector's own noise,
+:func:`align` runs the registered attacks of :mod:`pyvlmx.attacks` (no loop
+of its own): plain alignment (``eot_samples = 0``,
+:class:`~pyvlmx.attacks.EmbeddingAlignment`) or the adaptive attacker of the
+noise detector, :class:`~pyvlmx.attacks.EOTAlignment`, whose objective is
+the alignment loss in expectation over the detector's own noise,
 
     L(x) = 1/2 ||f(x) - t||^2 + 1/2 E_eps ||f(clip(x + sigma eps)) - t||^2,
 
-estimated with ``eot_samples`` fresh noise draws per step, so the aligned image
-is aligned *and* stays aligned under the noise the detector probes with.
+so the aligned image is aligned *and* stays aligned under the noise the
+detector probes with.  Every step is taken (``stop="steps"``) and the result
+is the 8-bit image inside the budget (:func:`pyvlmx.attacks.quantize_to_budget`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from pyvlmx.jacobian.operator import analysis_mode
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """8-bit rounding (what a PNG stores)."""
-    return torch.round(x.clamp(0, 1) * 255) / 255
+from pyvlmx.attacks import create_attack
 
 
 def align(model, images: torch.Tensor, targets: torch.Tensor, *, eps: float = 8 / 255, steps: int = 100,
-          step_size: float | None = None, eot_samples: int = 0, sigma: float = 4 / 255, clamp: bool = True,
-          seed: int = 0, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
+          step_size: float | None = None, eot_samples: int = 0, sigma: float = 4 / 255, seed: int = 0,
+          batch_size: int = 8) -> tuple[torch.Tensor, dict]:
     """Align images to target embeddings (optionally in expectation over noise).
 
     Args:
         model: the model.
         images: (N, 3, H, W) in [0, 1].
-        targets: (N, D) target embeddings (unit norm; e.g. ``model.encode_image``
-            of target images).
+        targets: (N, D) target embeddings (e.g. ``model.encode_image`` of target images).
         eps: L-inf budget in pixels.
-        steps: PGD steps.
+        steps: sign steps, all taken.
         step_size: pixels per sign step (default eps / 8).
         eot_samples: noisy copies per step in the EOT term (0: plain alignment).
-        sigma: noise of the EOT term (the detector's sigma).
-        clamp: clamp noisy copies to [0, 1] as the detector does.
-        seed: noise seed.
-        batch_size: images per optimisation batch.
+        sigma: Gaussian noise of the EOT term (the detector's sigma); copies are clamped to [0, 1].
+        seed: image i's noise and start use seed ``seed + i``.
+        batch_size: images per attack batch.
 
     Returns:
-        (aligned (N, 3, H, W) 8-bit-quantised, info dict with per-image final
-        ``cosine`` to the target, ``linf`` and the config).
-    """
-    from pyvlmx import ops
+        (aligned (N, 3, H, W) 8-bit inside the budget, info dict with the
+        per-image final ``cosine`` to the target, ``linf``, and the config).
 
+    Example:
+        >>> from pyvlmx.models import load_model
+        >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> with torch.no_grad():
+        ...     t = m.encode_image(x.flip(0))
+        >>> out, info = align(m, x, t, steps=3, eot_samples=2)
+        >>> float((out - x).abs().max()) <= 8 / 255 + 1e-6, len(info["cosine"])
+        (True, 2)
+    """
     if images.dim() != 4 or targets.dim() != 2 or images.shape[0] != targets.shape[0]:
         raise ValueError(f"expected images (N, 3, H, W) and targets (N, D), got {tuple(images.shape)} and "
                          f"{tuple(targets.shape)}")
-    if eps <= 0 or steps < 0 or eot_samples < 0:
-        raise ValueError(f"need eps > 0, steps >= 0, eot_samples >= 0; got {eps}, {steps}, {eot_samples}")
+    if eps <= 0 or steps < 0 or eot_samples < 0 or batch_size < 1:
+        raise ValueError(f"need eps > 0, steps >= 0, eot_samples >= 0, batch_size >= 1; got {eps}, {steps}, "
+                         f"{eot_samples}, {batch_size}")
     step = float(step_size if step_size is not None else eps / 8)
+    opts = {"eps": float(eps), "max_steps": int(steps), "step_size": step, "stop": "steps", "seed": int(seed),
+            "norm": "linf", "quantize": True}
+    if eot_samples:
+        atk = create_attack("eot-alignment", model, eot_samples=int(eot_samples), eot_sigma=float(sigma), **opts)
+    else:
+        atk = create_attack("embedding-alignment", model, **opts)
     device = getattr(model, "device", images.device)
-    gen = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty_like(images)
-    cos = torch.empty(images.shape[0])
-    with analysis_mode(model):
-        for b0 in range(0, images.shape[0], batch_size):
-            x0 = images[b0:b0 + batch_size].to(device)
-            t = targets[b0:b0 + batch_size].to(device=device, dtype=x0.dtype)
-            x = x0.clone()
-            B = x0.shape[0]
-            for _ in range(steps):
-                x.requires_grad_(True)
-                loss = 0.5 * ((model.encode_image(x) - t) ** 2).sum()
-                if eot_samples:
-                    xr = x.repeat_interleave(eot_samples, dim=0)
-                    noise = torch.randn(xr.shape, generator=gen, device=device, dtype=x.dtype)
-                    xn = xr + sigma * noise
-                    if clamp:
-                        xn = xn.clamp(0, 1)
-                    fn = model.encode_image(xn)
-                    loss = loss + 0.5 * ((fn - t.repeat_interleave(eot_samples, dim=0)) ** 2).sum() / eot_samples
-                (g,) = torch.autograd.grad(loss, x)
-                # projected_step ascends along its gradient argument: descend on the loss
-                x = ops.projected_step(x.detach(), x0, -g, step, eps, step="sign", norm="linf")
-            # 8-bit rounding; stays within eps when x0 is 8-bit and eps a multiple of 1/255
-            x = quantize(x.detach())
-            with torch.no_grad():
-                cos[b0:b0 + B] = torch.nn.functional.cosine_similarity(model.encode_image(x), t).cpu()
-            out[b0:b0 + B] = x.to(out.device)
+    cos: list[float] = []
+    for b0 in range(0, images.shape[0], batch_size):
+        x0 = images[b0:b0 + batch_size].to(device)
+        t = targets[b0:b0 + batch_size].to(device=device, dtype=torch.float32)
+        res = atk.run(x0, t, seeds=list(range(seed + b0, seed + b0 + x0.shape[0])))
+        out[b0:b0 + x0.shape[0]] = res.images.to(out.device)
+        cos += [r["cos_target"] for r in res.records]
     linf = (out - images).abs().flatten(1).max(dim=1).values
     return out, {"eps": eps, "steps": steps, "step_size": step, "eot_samples": eot_samples, "sigma": sigma,
-                 "cosine": cos.tolist(), "linf": linf.tolist()}
+                 "cosine": cos, "linf": linf.tolist()}
