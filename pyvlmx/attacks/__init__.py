@@ -17,8 +17,8 @@ from pyvlmx.attacks.base import (Attack, attack_options, create_attack, get_atta
 from pyvlmx.attacks.budget import quantize_8bit, quantize_to_budget
 from pyvlmx.attacks.config import AlignmentConfig
 from pyvlmx.attacks.eot import EOTAlignment, EOTConfig
-from pyvlmx.attacks.stop import class_gap, targeted_success
+from pyvlmx.attacks.stop import class_gap, record_success, targeted_success
 
 __all__ = ["AlignmentConfig", "AlignmentResult", "Attack", "EOTAlignment", "EOTConfig", "EmbeddingAlignment",
            "attack_options", "class_gap", "create_attack", "get_attack_class", "list_attacks", "quantize_8bit",
-           "quantize_to_budget", "register_attack", "targeted_success"]
+           "quantize_to_budget", "record_success", "register_attack", "targeted_success"]

@@ -43,9 +43,15 @@ def targeted_success(emb: torch.Tensor, class_weights: torch.Tensor, target: tor
 
 
 def record_success(record: dict) -> bool:
-    """Targeted success of a sweep record (a finished pair with a target class)."""
-    return record.get("status", "ok") == "ok" and bool(record.get("success")) and \
-        record.get("target_class") is not None
+    """Targeted success of a pair's record: computed without error, and the attacked image's
+    zero-shot prediction is the target class (:func:`targeted_success` at margin 0, as recorded).
+
+    Example:
+        >>> record_success({"status": "ok", "pred_after": 3, "target_class": 3})
+        True
+    """
+    return record.get("status", "ok") == "ok" and record.get("target_class") is not None and \
+        record.get("pred_after") == record["target_class"]
 
 
 class StopRule:

@@ -26,6 +26,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from pyvlmx.attacks.stop import record_success
+
 # metric -> which end is the worst
 METRICS = {"psnr": "min", "ssim": "min", "cos_target": "min", "cos_original": "max",
            "linf": "max", "l2": "max", "steps": "max", "conf_after": "min"}
@@ -109,8 +111,7 @@ def summarize(records: list[dict], classnames: list[str]) -> dict:
         per_class[classnames[c]] = {
             "pairs": len(allc),
             "systematic_accuracy": rate([r.get("status") == "ok" and r["pred_after"] == r["label"] for r in allc]),
-            "targeted_success_rate": rate([r.get("status") == "ok" and r["pred_after"] == r["target_class"]
-                                           for r in allc]),
+            "targeted_success_rate": rate([record_success(r) for r in allc]),
             "metrics": stats(rs),
         }
     return {
@@ -124,8 +125,7 @@ def summarize(records: list[dict], classnames: list[str]) -> dict:
         "zero_shot_accuracy": rate(zs),
         "systematic_accuracy": rate(still_true),
         "systematic_accuracy_images": rate(list(per_image.values())),
-        "targeted_success_rate": rate([r.get("status") == "ok" and r["pred_after"] == r["target_class"]
-                                       for r in records]),
+        "targeted_success_rate": rate([record_success(r) for r in records]),
         "alignment_success_rate": rate([r.get("status") == "ok" and bool(r["success"]) for r in records]),
         "survives_rounding_rate": rate([r.get("status") == "ok" and bool(r.get("survives_rounding"))
                                         for r in records]),
