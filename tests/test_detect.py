@@ -62,7 +62,27 @@ def test_detector_on_constructed_case(tmp_path):
     # null case: "aligned" drawn like the clean images -> no separation
     null = evaluate_detector(m, clean, _clean_set(1), class_weights=W, sigma=0.05, k=32)
     assert abs(null["scores"]["combined"]["auc"] - 0.5) < 0.25
-    assert plot_roc(r, tmp_path / "roc.png", extra={"null": null}).stat().st_size > 1000
+    fig = plot_roc(r, tmp_path / "roc.png", extra={"null": null})
+    assert (tmp_path / "roc.png").is_file()
+    ax, ax2 = fig.axes
+    names = list(r["scores"])                                  # 5 scores + combined
+    lines = ax.get_lines()
+    assert len(lines) == len(names) + 1 + 2                    # + the null's combined, chance, FPR target
+    for line, n in zip(lines, names):
+        assert list(line.get_xdata()) == r["scores"][n]["roc"]["fpr"]
+        assert list(line.get_ydata()) == r["scores"][n]["roc"]["tpr"]
+    null_line = lines[len(names)]
+    assert null_line.get_linestyle() == "--"
+    assert list(null_line.get_ydata()) == null["scores"]["combined"]["roc"]["tpr"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[names.index("combined")] == "combined AUC=1.000"
+    assert list(lines[-1].get_xdata()) == [0.05, 0.05]          # the FPR target
+    # histograms of the best raw score: clean and aligned bars hold 20 images each, the null's step too
+    best = r["best"] if r["best"] != "combined" else names[0]
+    assert ax2.get_xlabel().startswith(best)
+    bars = [p for p in ax2.patches if type(p).__name__ == "Rectangle"]
+    assert len(bars) == 2 * 24
+    assert sum(p.get_height() for p in bars[:24]) == 20 and sum(p.get_height() for p in bars[24:]) == 20
 
 
 def test_noise_scores_are_per_image_deterministic(tiny_clip):

@@ -161,7 +161,14 @@ def test_spectrum_dict_methods_agree_and_serialise(tmp_path):
         assert relative_error(r["singular_values"], s_true) < 1e-4, meth
     assert res["exact"]["products"]["vjp"] == 20
     assert res["randomized"]["products"]["jvp"] > 0 and res["vjp"]["products"]["jvp"] > 0
-    assert plot_spectra(list(res.values()), tmp_path / "s.png").stat().st_size > 1000
+    fig = plot_spectra(list(res.values()), tmp_path / "s.png")
+    assert (tmp_path / "s.png").is_file()
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "singular value s_i"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(res)
+    for line, r in zip(ax.get_lines(), res.values(), strict=True):
+        assert list(line.get_xdata()) == [1, 2, 3, 4, 5]
+        assert np.allclose(line.get_ydata(), r["singular_values"])
     with pytest.raises(ValueError, match="needs k"):
         spectrum(m, img, method="randomized")
     with pytest.raises(ValueError, match="method must be one of"):
@@ -192,4 +199,16 @@ def test_compare_spectra_detects_saturation(tmp_path):
     assert t["permutation_p"] == pytest.approx(2 / 64)      # all 6 pairs agree: exact 2/2^6
     same = compare_spectra(m, orig, orig.clone(), method="exact", normalize=False)
     assert same["tests"]["effective_rank"]["permutation_p"] == 1.0
-    assert plot_compare_spectra(r, tmp_path / "c.png").stat().st_size > 1000
+    fig = plot_compare_spectra(r, tmp_path / "c.png")
+    assert (tmp_path / "c.png").is_file()
+    ax, ax2 = fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 2 * 6 + 2                   # original and aligned per pair, then the two means
+    for p, (lo, la) in zip(r["pairs"], zip(lines[0:12:2], lines[1:12:2])):
+        assert np.allclose(lo.get_ydata(), [v for v in p["original"] if v > 0])
+        assert np.allclose(la.get_ydata(), [v for v in p["aligned"] if v > 0])
+    assert np.allclose(np.log(lines[12].get_ydata()), r["mean_log_sv"]["original"][:len(lines[12].get_ydata())])
+    assert [t.get_text() for t in ax2.get_xticklabels()] == ["original", "aligned"]
+    medians = [line.get_ydata()[0] for line in ax2.get_lines()[5::7]]    # boxplot: 7 lines per box, median 6th
+    assert np.allclose(medians, [np.median([p["erank_original"] for p in r["pairs"]]),
+                                 np.median([p["erank_aligned"] for p in r["pairs"]])])

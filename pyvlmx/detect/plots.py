@@ -1,15 +1,23 @@
-"""Detector plots (matplotlib, Agg): ROC curves and score distributions."""
+"""Detector plots (matplotlib, Agg): ROC curves and score distributions.
+
+Each function saves the PNG at ``path`` and returns the closed Figure (see
+:mod:`pyvlmx.plotting`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pyvlmx.plotting import pyplot
+from pyvlmx.plotting import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Path:
+def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Figure:
     """ROC curves of every score of an :func:`~pyvlmx.detect.evaluate_detector` result.
 
     ``extra`` maps a label to another result (e.g. the adaptive attacker) whose
@@ -41,8 +49,4 @@ def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Path:
     ax2.set_xlabel(f"{best} ({result['scores'][best].get('direction', '')})")
     ax2.set_ylabel("images")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

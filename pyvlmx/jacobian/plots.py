@@ -1,17 +1,24 @@
-"""Plots of Jacobian spectra (matplotlib, Agg backend): PNG next to the JSON."""
+"""Plots of Jacobian spectra (matplotlib, Agg backend): PNG next to the JSON.
+
+Each function saves the PNG at ``path`` and returns the closed Figure (see
+:mod:`pyvlmx.plotting`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from pyvlmx.plotting import pyplot
+from pyvlmx.plotting import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_spectra(results: Sequence[dict], path: str | Path, labels: Sequence[str] | None = None,
-                 title: str = "Jacobian singular values") -> Path:
+                 title: str = "Jacobian singular values") -> Figure:
     """Singular values (log scale) of one or more :func:`~pyvlmx.jacobian.spectrum` results."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -24,14 +31,10 @@ def plot_spectra(results: Sequence[dict], path: str | Path, labels: Sequence[str
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def plot_compare_spectra(result: dict, path: str | Path) -> Path:
+def plot_compare_spectra(result: dict, path: str | Path) -> Figure:
     """Paper Fig. 3: per-pair spectra of original (blue) vs aligned (red), means bold."""
     plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -56,8 +59,4 @@ def plot_compare_spectra(result: dict, path: str | Path) -> Path:
     ax2.set_xticks([1, 2], ["original", "aligned"])
     ax2.set_ylabel("effective rank")
     ax2.set_title(f"Wilcoxon p={t['wilcoxon_p']:.3g}, perm p={t['permutation_p']:.3g}")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -1,15 +1,23 @@
-"""Plots of noise statistics (matplotlib, Agg): PNG next to the JSON results."""
+"""Plots of noise statistics (matplotlib, Agg): PNG next to the JSON results.
+
+Each function saves the PNG at ``path`` and returns the closed Figure (see
+:mod:`pyvlmx.plotting`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pyvlmx.plotting import pyplot
+from pyvlmx.plotting import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_discrepancy(result: dict, path: str | Path) -> Path:
+def plot_discrepancy(result: dict, path: str | Path) -> Figure:
     """Covariance discrepancy vs sigma with the split-half sampling floor (log-log)."""
     plt = pyplot()
     rows = sorted(result["per_sigma"], key=lambda r: r["sigma"])
@@ -33,14 +41,10 @@ def plot_discrepancy(result: dict, path: str | Path) -> Path:
     ax2.set_ylabel("mean shift")
     ax2.legend(fontsize=7)
     ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Path:
+def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Figure:
     """Normal Q-Q plots of the projections on the top predicted principal directions."""
     plt = pyplot()
     rows = [r for r in sorted(result["per_sigma"], key=lambda r: r["sigma"]) if "qq" in r]
@@ -62,14 +66,10 @@ def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Path:
         ax.set_xlabel("normal quantile")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("standardized projection quantile")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def plot_accuracy(results: dict, path: str | Path) -> Path:
+def plot_accuracy(results: dict, path: str | Path) -> Figure:
     """Zero-shot accuracy vs sigma; ``results`` maps a label ("clean", "aligned") to
     an :func:`~pyvlmx.noise.accuracy_under_noise` result."""
     plt = pyplot()
@@ -85,8 +85,4 @@ def plot_accuracy(results: dict, path: str | Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
