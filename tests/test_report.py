@@ -1,7 +1,9 @@
 """Report rendering, and the HTML in a real (headless Chromium) browser."""
 
+import base64
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -45,6 +47,9 @@ def test_markdown_and_html_contents(tmp_path):
     assert "![figure 1](f1.png)" in text
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 3
+    # the embedded images are the figure files, in the section's order
+    payloads = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert [base64.b64decode(p) for p in payloads] == [(tmp_path / f"f{i}.png").read_bytes() for i in range(3)]
     assert "para &lt;two&gt;" in html  # text is escaped
     assert "f0.png" not in html  # self-contained: no links to files
 
