@@ -157,7 +157,8 @@ def run_loop(parts: Parts, x0: torch.Tensor, idx: torch.Tensor, budget: Budget, 
                 kpos, g = kpos[gfin], g[gfin]
                 if kpos.numel() == 0:
                     return
-            direction = rule.direction(g, kpos)
+            rule.keep(kpos)  # the step rule's state follows the samples that stay
+            direction = rule.direction(g)
             ak = act[kpos]
             z = budget.step(z[kpos], x0_loop[ak], direction, ak)
             act = ak

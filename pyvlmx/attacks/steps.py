@@ -36,8 +36,8 @@ class StepRule:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep the state of batch rows ``rows`` only (others left)."""
 
-    def direction(self, g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Direction for the gradient ``g`` of batch rows ``rows``; advances their state."""
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        """Direction for the gradient ``g`` (one row per state row); advances the state."""
         return g
 
 
@@ -78,12 +78,11 @@ class AdamStep(StepRule):
         rl = rows.tolist()
         self.count = [self.count[r] for r in rl]
 
-    def direction(self, g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
         b1, b2 = self.b1, self.b2
-        m = b1 * self.m[rows] + (1 - b1) * g
-        v = b2 * self.v[rows] + (1 - b2) * g * g
-        rl = rows.tolist()
-        steps = [self.count[r] + 1 for r in rl]
+        m = b1 * self.m + (1 - b1) * g
+        v = b2 * self.v + (1 - b2) * g * g
+        steps = [c + 1 for c in self.count]
         if len(set(steps)) == 1:  # one shared count: scalar corrections (the common case)
             k = steps[0]
             mhat = m / (1 - b1 ** k)
