@@ -222,9 +222,10 @@ def _show(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
+        # a pixel amount reads best in grey levels (4/255), a short decimal as itself (0.99)
         k = value * 255
-        if value != 0 and abs(k - round(k)) < 1e-9 and abs(value) < 1:
-            return f"{round(k)}/255"
+        if len(repr(value)) > 8 and abs(k - round(k, 3)) < 1e-9 and abs(value) < 1:
+            return f"{round(k, 3):g}/255"
         return f"{value:g}"
     if isinstance(value, (tuple, list)):
         return ",".join(_show(v) for v in value) if value else "none"
@@ -393,6 +394,29 @@ def add_dataclass_args(parser_or_group, cls, *, prefix: str = "", exclude: Itera
 
 def _sub_prefix(f: dataclasses.Field) -> str:
     return f.metadata.get("prefix", f.name.replace("_", "-") + "-")
+
+
+def describe_fields(cls, prefix: str = "") -> list[dict]:
+    """Per field of ``cls``: its option strings, shown default and help (what ``--help`` shows)."""
+    hints = _hints(cls)
+    doc_help = _docstring_help(cls)
+    base = cls()
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init or _nested_class(cls, f) is not None:
+            continue
+        flags = [("--" + prefix + fl[2:]) for fl in f.metadata.get("flags", ())]
+        tp, _ = _strip_optional(hints[f.name])
+        names = flags or ["--" + (prefix + f.name).replace("_", "-")]
+        if tp is bool:
+            names = [n for fl in names for n in (fl, "--no-" + fl[2:])]
+        choices = f.metadata.get("choices")
+        text = f.metadata.get("help") or doc_help.get(f.name, "")
+        if choices:
+            text = f"{text} [{', '.join(choices)}]"
+        rows.append({"field": f.name, "flags": ", ".join(names),
+                     "default": f.metadata.get("default_text", _show(getattr(base, f.name))), "help": text})
+    return rows
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", *, validate: bool = True,

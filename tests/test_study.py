@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from pyvlmx.report.browser import image_check, render_dom
+from pyvlmx.config import make_config
 from pyvlmx.study import StudyConfig, run_study
 from test_report import needs_browser
 
@@ -23,10 +24,12 @@ def tiny_study(tmp_path_factory):
         (data / name).mkdir()
         shutil.copy(first, data / name / first.name)
     out = tmp_path_factory.mktemp("study")
-    cfg = StudyConfig(model="open_clip:pyvlmx-tiny-vit", data=str(data), targets=2, eps=32 / 255, max_steps=30,
-                      batch_size=16, noise_sigmas=(0.5 / 255, 8 / 255), noise_n=64, acc_sigmas=(0.0, 16 / 255),
-                      acc_copies=2, spectra_pairs=2, spectra_k=4, spectra_method="exact", detect_k=4,
-                      eot_images=2, eot_samples=2, eot_steps=3)
+    cfg = make_config(StudyConfig, "study", model="open_clip:pyvlmx-tiny-vit", data=str(data),
+                      sweep={"targets": 2, "batch_size": 16}, attack={"eps": 32 / 255, "max_steps": 30},
+                      noise={"sigmas": (0.5 / 255, 8 / 255), "n": 64, "acc_sigmas": (0.0, 16 / 255),
+                             "acc_copies": 2},
+                      spectra={"pairs": 2, "k": 4, "method": "exact"},
+                      detect={"k": 4, "eot_images": 2, "eot_samples": 2, "eot_steps": 3})
     log = []
     study = run_study(cfg, out, progress=False, log=log.append)
     return cfg, out, study, log
@@ -41,7 +44,7 @@ def test_study_writes_every_stage_and_report(tiny_study):
     sweep = json.loads((out / "systematic" / "summary.json").read_text())
     assert metrics["systematic accuracy"] == sweep["systematic_accuracy"]
     assert metrics["targeted success"] == sweep["targeted_success_rate"]
-    assert sweep["pairs"] == len(CLASSES) * cfg.targets
+    assert sweep["pairs"] == len(CLASSES) * cfg.sweep.targets
     assert 0.0 <= metrics["detection AUC (combined score)"] <= 1.0
     figures = [f["file"] for s in study["sections"] for f in s["figures"]]
     for f in figures:

@@ -12,11 +12,15 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import json
 from pathlib import Path
 
-from pyvlmx.attacks.cli_options import add_attack_args, add_model_args, attack_options
+from pyvlmx.cli._common import (
+    add_attack_args, add_command, add_model_args, attack_config, load_data, model_config, only,
+)
+from pyvlmx.config import add_dataclass_args
+from pyvlmx.systematic.config import SweepConfig
 
 
 def _classnames(args) -> list[str]:
@@ -29,9 +33,7 @@ def _classnames(args) -> list[str]:
         if len(names) < 2:
             raise ValueError(f"--classes needs at least 2 class names, got {names}")
         return names
-    from pyvlmx.data import load_dataset
-
-    return list(load_dataset(args.data, image_size=None, verify="none").classnames)
+    return list(load_data(args.data, image_size=None, verify="none", why="align").classnames)
 
 
 def side_by_side(original, aligned, path, titles: list[str]) -> Path:
@@ -63,11 +65,13 @@ def _run(args) -> int:
 
     from pyvlmx.attacks import create_attack
     from pyvlmx.data import load_image, save_png
-    from pyvlmx.models import load_model
+    from pyvlmx.io import write_json
     from pyvlmx.zeroshot import ZeroShotClassifier
 
     if (args.target is None) == (args.target_image is None):
         raise ValueError("give exactly one of --target CLASS or --target-image PATH")
+    cfg = attack_config(args)  # every option checked before the model loads
+    mcfg = model_config(args)
     classnames = _classnames(args)
     tc = None
     if args.target is not None:
@@ -76,15 +80,15 @@ def _run(args) -> int:
             hint = f" (did you mean {close}?)" if close else ""
             raise ValueError(f"target class {args.target!r} is not in the class list{hint}; classes: {classnames}")
         tc = classnames.index(args.target)
-    model = load_model(args.model, pretrained=args.pretrained, device=args.device)
-    x = load_image(args.image, model.image_size)[None].to(args.device)
+    model = mcfg.load()
+    x = load_image(args.image, model.image_size)[None].to(model.device)
     W = ZeroShotClassifier(model, classnames, args.templates).weights
-    atk = create_attack("embedding-alignment", model, **attack_options(args))
+    atk = create_attack("embedding-alignment", model, **dataclasses.asdict(cfg))
     kw = {"class_weights": W}
     if tc is not None:
         kw["target_classes"] = torch.tensor([tc])
     else:
-        kw["target_images"] = load_image(args.target_image, model.image_size)[None].to(args.device)
+        kw["target_images"] = load_image(args.target_image, model.image_size)[None].to(model.device)
     res = atk.run(x, **kw)
     rec = dict(res.records[0])
     rec["pred_before_name"] = classnames[rec["pred_before"]]
@@ -100,7 +104,7 @@ def _run(args) -> int:
     side_by_side(x[0], aligned, out / "side_by_side.png", titles)
     metrics = {"image": str(args.image), "target": args.target, "target_image": args.target_image,
                "model": model.name, "record": rec, "config": atk.config_dict(), "classnames": classnames}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics, indent=2)
     status = "aligned" if rec["success"] else f"NOT aligned ({rec['reason']})"
     print(f"{status}: {rec['pred_before_name']} -> {rec['pred_after_name']} in {rec['steps']} steps; "
           f"cos to target {rec['cos_target']:.4f}, "
@@ -110,13 +114,14 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("align", help="align one image to a target class or image (side-by-side picture, metrics)")
+    p = add_command(sub, "align", "align one image to a target class or image (side-by-side picture, metrics)")
     p.add_argument("--image", required=True, help="the image to align")
     p.add_argument("--target", default=None, help="target class name (from --classes or --data)")
     p.add_argument("--target-image", default=None, help="target image: align to its embedding")
     p.add_argument("--classes", default=None, help="class names: comma-separated or a file with one per line")
     p.add_argument("--data", default="samples", help="dataset whose class names to use when --classes is absent")
-    p.add_argument("--out", default="out/align", help="output folder (default out/align)")
+    p.add_argument("--out", default="out/align", help="output folder")
     add_model_args(p)
+    add_dataclass_args(p, SweepConfig, exclude=only(SweepConfig, "templates"))
     add_attack_args(p)
     p.set_defaults(func=_run)

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import json
-import platform
 
-
-def environment() -> dict:
-    """Versions, build information and devices, as one JSON-able dict."""
-    import torch
-
-    import pyvlmx
-    from pyvlmx._ext import build_info
-
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-    versions = {"pyvlmx": pyvlmx.__version__, "python": platform.python_version(),
-                "torch": torch.__version__, "torch_cuda": torch.version.cuda}
-    for mod in ("torchvision", "open_clip", "numpy", "transformers"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
-    return {"versions": versions, "build": build_info(), "devices": devices,
-            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+from pyvlmx.cli._common import add_command
+from pyvlmx.info import environment
 
 
 def _run_info(args) -> int:
@@ -64,6 +45,25 @@ def _run_list_models(args) -> int:
     return 0
 
 
+def _run_list_attacks(args) -> int:
+    """Every registered attack with its options (the CLI names), defaults and help."""
+    import dataclasses
+
+    from pyvlmx.attacks import get_attack_class, list_attacks
+    from pyvlmx.config import describe_fields
+
+    for name in list_attacks():
+        cls = get_attack_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name}  ({cls.__module__}.{cls.__name__}){': ' + doc[0] if doc else ''}")
+        if cls.config_class is None or not dataclasses.is_dataclass(cls.config_class):
+            print("    (no options)")
+            continue
+        for row in describe_fields(cls.config_class):
+            print(f"    {row['flags']:<28} default {row['default']:<12} {row['help']}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("info", help="versions, build information (CPU/CUDA kernels), devices")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -71,3 +71,5 @@ def register(sub) -> None:
     p = sub.add_parser("list-models", help="model families, what each needs, and their names")
     p.add_argument("--all", action="store_true", help="list every architecture")
     p.set_defaults(func=_run_list_models)
+    p = add_command(sub, "list-attacks", "registered attacks, each with its options and their defaults")
+    p.set_defaults(func=_run_list_attacks)

@@ -16,6 +16,7 @@ class DetectConfig:
     eot_samples: int = field(default=4, metadata={
         "help": "noisy copies per step of the adaptive attacker (expectation over the detector's noise)"})
     eot_steps: int = field(default=30, metadata={"help": "steps of the adaptive attacker"})
+    seed: int = field(default=0, metadata={"help": "seed of the probe noise and of the alignment loops"})
 
     def validate(self) -> None:
         own = "detect"

@@ -35,6 +35,7 @@ class NoiseConfig:
         "allow_zero": True, "default_text": "0 and the --sigmas"})
     acc_copies: int = field(default=16, metadata={"help": "noisy copies per image for accuracy vs sigma",
                                                   "flags": ("--copies", "--acc-copies")})
+    seed: int = field(default=0, metadata={"help": "noise seed (sigma i uses seed + i)"})
 
     def validate(self) -> None:
         own = "noise"

@@ -45,14 +45,27 @@ def plot_discrepancy(result: dict, path: str | Path) -> Figure:
 
 
 def plot_qq(result: dict, path: str | Path, max_sigmas: int = 4) -> Figure:
-    """Normal Q-Q plots of the projections on the top predicted principal directions."""
+    """Normal Q-Q plots of the projections on the top predicted principal directions.
+
+    With too few copies for the normality tests (no sigma has Q-Q data), the
+    figure holds one note saying so, and no axes.
+    """
     plt = pyplot()
     rows = [r for r in sorted(result["per_sigma"], key=lambda r: r["sigma"]) if "qq" in r]
     if len(rows) > max_sigmas:
         idx = np.linspace(0, len(rows) - 1, max_sigmas).round().astype(int)
         rows = [rows[i] for i in idx]
     if not rows:
-        raise ValueError("plot_qq: no sigma has normality data (too few samples?)")
+        # too few copies for the normality tests (see pyvlmx.noise.config.MIN_NORMALITY_COPIES): say so in
+        # the figure rather than fail after the analysis has run
+        from pyvlmx.noise.config import MIN_NORMALITY_COPIES
+
+        fig, ax = plt.subplots(figsize=(4.8, 3.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no Q-Q plot: not enough samples\n(n = {result.get('n')} noisy copies per sigma; "
+                          f"the normality tests need n >= {MIN_NORMALITY_COPIES})",
+                ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        return save_figure(fig, path)
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
     for ax, r in zip(axes[0], rows):
         q = np.asarray(r["qq"]["normal"])

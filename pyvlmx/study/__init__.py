@@ -1,5 +1,6 @@
 """The whole study in one call: ``run_study(StudyConfig(), out)``."""
 
-from pyvlmx.study.run import StudyConfig, run_study
+from pyvlmx.study.config import StudyConfig
+from pyvlmx.study.run import run_study
 
 __all__ = ["StudyConfig", "run_study"]

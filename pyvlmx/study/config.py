@@ -78,12 +78,12 @@ class StudyConfig:
         "help": "alignment attack of the sweep (pyvlmx.attacks)", "prefix": "", "exclude": _ATTACK_FIXED})
     noise: NoiseConfig = field(default_factory=_study_noise, metadata={
         "help": "noise vs the linearisation, accuracy vs sigma (pyvlmx.noise)", "prefix": "noise-",
-        "aliases": {"images": ("--noise-images",)}})
+        "exclude": ("seed",), "aliases": {"images": ("--noise-images",)}})
     spectra: SpectraConfig = field(default_factory=_study_spectra, metadata={
         "help": "Jacobian spectra, original vs aligned (pyvlmx.jacobian)", "prefix": "spectra-"})
     detect: DetectConfig = field(default_factory=DetectConfig, metadata={
         "help": "noise-sensitivity detection and the adaptive attacker (pyvlmx.detect)", "prefix": "detect-",
-        "aliases": {"eot_images": ("--eot-images",), "eot_samples": ("--eot-samples",),
+        "exclude": ("seed",), "aliases": {"eot_images": ("--eot-images",), "eot_samples": ("--eot-samples",),
                     "eot_steps": ("--eot-steps",)}})
 
     def validate(self) -> None:

@@ -18,77 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pyvlmx.systematic.store import atomic_write_text
-
-
-@dataclass
-class StudyConfig:
-    """Settings of a study; the defaults finish within 10 minutes on a 2-core CPU
-    with the offline default model and the sample photos.
-
-    Attributes:
-        model, pretrained, data, device: what to study and where.
-        targets: target classes per image in the sweep ("all" or a number K:
-            K other classes sampled per image; 3 keeps the default study
-            within 10 minutes on a 2-core CPU).
-        eps: L-inf budget of the alignment (pixels).
-        max_steps: step limit per pair.
-        batch_size: pairs per batch in the sweep.
-        noise_images: clean images in the covariance analysis.
-        noise_aligned: also run it on as many aligned images (doubles its cost).
-        noise_sigmas: noise levels (pixels) of the covariance analysis.
-        noise_n: noisy copies per sigma.
-        acc_sigmas, acc_copies: grid and copies per image of accuracy-vs-sigma.
-        spectra_pairs, spectra_k, spectra_method: Jacobian spectra of that many
-            original/aligned pairs, top k by that route.
-        detect_sigma, detect_k: the detector's noise probe.
-        eot_images, eot_samples, eot_steps: the adaptive attacker.
-        seed: every random choice.
-    """
-
-    model: str = "default"
-    pretrained: str | None = None
-    data: str = "samples"
-    device: str = "cpu"
-    targets: str | int = 3
-    eps: float = 4 / 255
-    max_steps: int = 100
-    batch_size: int = 32
-    bf16: bool = False
-    noise_images: int = 1
-    noise_sigmas: tuple[float, ...] = (0.1 / 255, 1 / 255, 4 / 255)
-    noise_n: int = 256
-    noise_aligned: bool = False
-    acc_sigmas: tuple[float, ...] = (0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255)
-    acc_copies: int = 4
-    spectra_pairs: int = 2
-    spectra_k: int = 16
-    spectra_method: str = "randomized"
-    detect_sigma: float = 8 / 255
-    detect_k: int = 16
-    eot_images: int = 4
-    eot_samples: int = 4
-    eot_steps: int = 30
-    seed: int = 0
-
-    def stage_config(self, *keys: str) -> dict:
-        d = dataclasses.asdict(self)
-        base = {k: d[k] for k in ("model", "pretrained", "data", "seed")}
-        base.update({k: d[k] for k in keys})
-        return base
+from pyvlmx.io import dumps, read_json, write_json
+from pyvlmx.study.config import StudyConfig
 
 
 def _digest(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Stages:
@@ -103,7 +44,7 @@ class _Stages:
         path = self.out / f"{name}.json"
         key = _digest(cfg)
         if path.is_file():
-            done = json.loads(path.read_text())
+            done = read_json(path)
             if done.get("_stage", {}).get("config_digest") == key:
                 self.log(f"[{name}] already done ({path}), loaded")
                 self.timing[name] = done["_stage"]["seconds"]
@@ -114,30 +55,22 @@ class _Stages:
         result = fn()
         secs = time.perf_counter() - t0
         result["_stage"] = {"config": cfg, "config_digest": key, "seconds": secs}
-        atomic_write_text(path, json.dumps(_json_safe(result), indent=1, allow_nan=False))
+        write_json(path, result)
         self.timing[name] = secs
         self.log(f"[{name}] done in {secs:.1f} s")
-        return result
+        # what is used from here on is what a rerun loads: the JSON form (non-finite -> None)
+        return read_json(path)
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, torch.Tensor):
-        return _json_safe(x.tolist())
-    if hasattr(x, "item") and hasattr(x, "dtype"):  # numpy scalar
-        return _json_safe(x.item())
-    return x
-
-
-def _num(x):
-    if x == "inf":
-        return math.inf
-    return x
+def _stage_configs(cfg: StudyConfig) -> dict[str, dict]:
+    """Each stage's settings, for its digest: what it and the stages it reads depend on."""
+    base = {"model": cfg.model, "pretrained": cfg.pretrained, "data": cfg.data, "seed": cfg.seed}
+    sweep = {k: v for k, v in dataclasses.asdict(cfg.stage_sweep()).items() if k not in ("progress", "wait")}
+    swept = base | {"sweep": sweep, "attack": dataclasses.asdict(cfg.stage_attack())}
+    return {"zeroshot": base, "systematic": swept,
+            "noise": swept | {"noise": dataclasses.asdict(cfg.noise)},
+            "spectra": swept | {"spectra": dataclasses.asdict(cfg.spectra)},
+            "detect": swept | {"detect": dataclasses.asdict(cfg.detect)}}
 
 
 def _aligned_choice(records: list[dict]) -> dict[int, dict]:
@@ -154,7 +87,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     """Run (or resume) a study and write its report.
 
     Args:
-        cfg: :class:`StudyConfig`.
+        cfg: :class:`~pyvlmx.study.config.StudyConfig` (validated here,
+            before the model loads).
         out: output folder (created; an existing one is resumed).
         progress: show progress bars.
         log: where stage messages go.
@@ -162,11 +96,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     Returns:
         the ``study.json`` dict (headline, sections, settings, environment).
     """
-    from pyvlmx.cli.info import environment
     from pyvlmx.data import load_dataset, load_image
+    from pyvlmx.detect import align as eot_align
     from pyvlmx.detect import evaluate_detector
-    from pyvlmx.detect.adaptive import align as eot_align
     from pyvlmx.detect.plots import plot_roc
+    from pyvlmx.info import environment, resolve_device
     from pyvlmx.jacobian import compare_spectra
     from pyvlmx.jacobian.plots import plot_compare_spectra
     from pyvlmx.models import load_model
@@ -177,37 +111,43 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     from pyvlmx.systematic import load_records, run_sweep
     from pyvlmx.zeroshot import ZeroShotClassifier, evaluate
 
+    cfg.validate()
+    sw, atk, nz, sp, dt = cfg.sweep, cfg.attack, cfg.noise, cfg.spectra, cfg.detect
+    device = resolve_device(cfg.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     stage = _Stages(out, log)
-    log(f"study: model={cfg.model} data={cfg.data} device={cfg.device} -> {out}")
-    log(f"sizes: targets={cfg.targets} per image, eps={cfg.eps * 255:.1f}/255, noise {cfg.noise_n} copies x "
-        f"{len(cfg.noise_sigmas)} sigmas on {cfg.noise_images} image(s), spectra of {cfg.spectra_pairs} pairs "
-        f"(k={cfg.spectra_k}, {cfg.spectra_method}), detector K={cfg.detect_k}, EOT on {cfg.eot_images} images")
-    model = load_model(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+    stage_cfg = _stage_configs(cfg)
+    log(f"study: model={cfg.model} data={cfg.data} device={device} -> {out}")
+    log(f"sizes: targets={sw.targets} per image, eps={atk.eps * 255:.1f}/255, noise {nz.n} copies x "
+        f"{len(nz.sigmas)} sigmas on {nz.images} image(s), spectra of {sp.pairs} pairs "
+        f"(k={sp.k}, {sp.method}), detector K={dt.k}, EOT on {dt.eot_images} images")
+    # before the model loads: the data folder exists and has the classes the sweep needs
+    sw.check_dataset(len(load_dataset(cfg.data, image_size=None, verify="none").classnames))
+    model = load_model(cfg.model, pretrained=cfg.pretrained, device=device)
     dataset = load_dataset(cfg.data, model.image_size)
     classnames = list(dataset.classnames)
     labels = [int(lbl) for _, lbl in dataset.samples]
     clf = ZeroShotClassifier(model, classnames)
 
     # 1. zero-shot -------------------------------------------------------------
-    zs = stage("zeroshot", cfg.stage_config(), lambda: evaluate(model, dataset, progress=progress))
+    zs = stage("zeroshot", stage_cfg["zeroshot"], lambda: evaluate(model, dataset, progress=progress))
 
     # 2. systematic sweep ----------------------------------------------------
     sweep_dir = out / "systematic"
 
     def _sweep():
-        summary = run_sweep(model, dataset, sweep_dir, targets=cfg.targets, eps=cfg.eps,
-                            max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
-                            save_images=True, progress=progress, bf16=cfg.bf16)
+        summary = run_sweep(model, dataset, sweep_dir, attack=cfg.stage_attack(),
+                            sweep=cfg.stage_sweep(progress=progress))
         return {"summary": summary}
 
-    sweep = stage("systematic", cfg.stage_config("targets", "eps", "max_steps", "bf16"), _sweep)["summary"]
+    sweep = stage("systematic", stage_cfg["systematic"], _sweep)["summary"]
     records = load_records(sweep_dir)
     chosen = _aligned_choice(records)
     if len(chosen) < 2:
-        raise RuntimeError(f"the sweep produced {len(chosen)} usable aligned images; the analyses need >= 2")
+        raise RuntimeError(f"the sweep produced {len(chosen)} usable aligned images; the analyses need >= 2 "
+                           f"(a larger --eps or --max-steps makes more pairs succeed)")
     idx = sorted(chosen)
     # every clean image, decoded once: the detector calibrates on all of them
     clean_all = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(model.device)
@@ -218,57 +158,58 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     # 3. noise ------------------------------------------------------------------
     def _noise():
         per_image = []
-        n_img = min(cfg.noise_images, len(idx))
+        n_img = min(nz.images, len(idx))
         for j in range(n_img):
-            kinds = [("clean", originals[j])] + ([("aligned", aligned[j])] if cfg.noise_aligned else [])
+            kinds = [("clean", originals[j])] + ([("aligned", aligned[j])] if nz.aligned else [])
             for kind, img in kinds:
-                res = noise_statistics(model, img, cfg.noise_sigmas, cfg.noise_n, seed=cfg.seed + j,
-                                       progress=progress)
+                res = noise_statistics(model, img, nz.sigmas, nz.n, batch_size=nz.batch_size, clamp=nz.clamp,
+                                       seed=cfg.seed + j, progress=progress)
                 res.update(kind=kind, image_index=idx[j], image=str(dataset.samples[idx[j]][0]))
                 per_image.append(res)
+        acc_sigmas = nz.accuracy_sigmas()
         acc = {"clean": accuracy_under_noise(model, originals, [labels[i] for i in idx], classnames,
-                                             sigmas=cfg.acc_sigmas, n_copies=cfg.acc_copies, seed=cfg.seed,
+                                             sigmas=acc_sigmas, n_copies=nz.acc_copies, seed=cfg.seed,
                                              classifier=clf),
                "aligned": accuracy_under_noise(model, aligned, [labels[i] for i in idx], classnames,
-                                               sigmas=cfg.acc_sigmas, n_copies=cfg.acc_copies, seed=cfg.seed,
+                                               sigmas=acc_sigmas, n_copies=nz.acc_copies, seed=cfg.seed,
                                                target_labels=targets_of, classifier=clf)}
         return {"statistics": per_image, "accuracy": acc}
 
-    noise = stage("noise", cfg.stage_config("noise_images", "noise_aligned", "noise_sigmas", "noise_n",
-                                            "acc_sigmas", "acc_copies", "targets", "eps", "max_steps"), _noise)
+    noise = stage("noise", stage_cfg["noise"], _noise)
     for j, res in enumerate(noise["statistics"]):
         plot_discrepancy(res, out / f"noise_discrepancy_{j}.png")
         plot_qq(res, out / f"noise_qq_{j}.png")
     plot_accuracy(noise["accuracy"], out / "noise_accuracy.png")
 
     # 4. spectra -------------------------------------------------------------
-    m = min(max(cfg.spectra_pairs, 2), len(idx))
-    spectra = stage("spectra", cfg.stage_config("spectra_pairs", "spectra_k", "spectra_method", "targets", "eps",
-                                                "max_steps"),
-                    lambda: compare_spectra(model, originals[:m], aligned[:m], k=cfg.spectra_k,
-                                            method=cfg.spectra_method, seed=cfg.seed, progress=progress,
+    m = min(sp.pairs, len(idx))  # pairs >= 2 (validated) and len(idx) >= 2 (checked above)
+    if m < sp.pairs:
+        log(f"[spectra] {sp.pairs} pairs asked for, {m} usable aligned images: comparing {m}")
+    spectra = stage("spectra", stage_cfg["spectra"],
+                    lambda: compare_spectra(model, originals[:m], aligned[:m], k=sp.k, method=sp.method,
+                                            power_iters=sp.power_iters, oversample=sp.oversample,
+                                            seed=cfg.seed, progress=progress,
                                             names=[classnames[labels[i]] for i in idx[:m]]))
     plot_compare_spectra(spectra, out / "spectra.png")
 
     # 5. detection -----------------------------------------------------------
     def _detect():
-        plain = evaluate_detector(model, clean_all, aligned, class_weights=clf.weights, sigma=cfg.detect_sigma,
-                                  k=cfg.detect_k, seed=cfg.seed)
-        n_eot = min(cfg.eot_images, len(idx))
+        plain = evaluate_detector(model, clean_all, aligned, class_weights=clf.weights, sigma=dt.sigma,
+                                  k=dt.k, seed=cfg.seed)
+        n_eot = min(dt.eot_images, len(idx))
         tgt_emb = clf.weights[torch.tensor(targets_of[:n_eot], device=clf.weights.device)]
-        eot_imgs, eot_info = eot_align(model, originals[:n_eot], tgt_emb, eps=cfg.eps, steps=cfg.eot_steps,
-                                       eot_samples=cfg.eot_samples, sigma=cfg.detect_sigma, seed=cfg.seed)
+        eot_imgs, eot_info = eot_align(model, originals[:n_eot], tgt_emb, eps=atk.eps, steps=dt.eot_steps,
+                                       eot_samples=dt.eot_samples, sigma=dt.sigma, seed=cfg.seed)
         with torch.no_grad():
             pred, _ = clf.predict(eot_imgs)
         eot_success = float((pred.cpu() == torch.tensor(targets_of[:n_eot])).float().mean())
         # Same clean images and seeds as the non-adaptive evaluation.
-        eot = evaluate_detector(model, clean_all, eot_imgs, class_weights=clf.weights, sigma=cfg.detect_sigma,
-                                k=cfg.detect_k, seed=cfg.seed)
+        eot = evaluate_detector(model, clean_all, eot_imgs, class_weights=clf.weights, sigma=dt.sigma,
+                                k=dt.k, seed=cfg.seed)
         return {"plain": plain, "eot": eot, "eot_attack": {"images": n_eot, "targeted_success": eot_success,
                                                            "info": eot_info}}
 
-    det = stage("detect", cfg.stage_config("detect_sigma", "detect_k", "eot_images", "eot_samples", "eot_steps",
-                                           "targets", "eps", "max_steps"), _detect)
+    det = stage("detect", stage_cfg["detect"], _detect)
     plot_roc(det["plain"], out / "roc.png", extra={"adaptive (EOT)": det["eot"]})
 
     # 6. figures of the sweep, study.json, report ------------------------------
@@ -278,22 +219,22 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
         ex_rows.append({"original": originals[j].cpu(), "aligned": aligned[j].cpu(),
                         "true_name": classnames[r["label"]], "pred_before": classnames[r["pred_before"]],
                         "pred_after": classnames[r["pred_after"]], "target_name": r["target_name"],
-                        "psnr": _num(r.get("psnr")), "linf": r.get("linf", 0.0)})
+                        "psnr": r.get("psnr"), "linf": r.get("linf", 0.0)})
     plot_examples(ex_rows, out / "examples.png")
     plot_confusion(sweep["confusion_target_vs_pred"], classnames, out / "confusion.png")
     plot_quality(records, out / "quality.png")
 
     study = _compose(cfg, zs, sweep, noise, spectra, det, stage.timing, time.perf_counter() - t_start,
                      environment())
-    atomic_write_text(out / "study.json", json.dumps(_json_safe(study), indent=1, allow_nan=False))
+    write_json(out / "study.json", study)
     md, page = build_report(out)
     log(f"report: {page}\n        {md}")
     log(f"study finished in {time.perf_counter() - t_start:.1f} s")
-    return study
+    return read_json(out / "study.json")
 
 
 def _metric(sweep: dict, name: str, stat: str):
-    return _num(sweep["metrics"][name].get(stat))
+    return sweep["metrics"][name].get(stat)
 
 
 def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
@@ -305,7 +246,7 @@ def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
         {"metric": "systematic accuracy", "value": sweep["systematic_accuracy"], "fmt": "{:.1%}",
          "note": f"fraction of {sweep['pairs']} (image, target) pairs still classified as the true class"},
         {"metric": "targeted success", "value": sweep["targeted_success_rate"], "fmt": "{:.1%}",
-         "note": f"aligned image classified as the target class (L-inf budget {cfg.eps * 255:.0f}/255)"},
+         "note": f"aligned image classified as the target class (L-inf budget {cfg.attack.eps * 255:.0f}/255)"},
         {"metric": "PSNR median", "value": _metric(sweep, "psnr", "median"), "fmt": "{:.1f} dB", "note": ""},
         {"metric": "PSNR worst", "value": _metric(sweep, "psnr", "worst"), "fmt": "{:.1f} dB", "note": ""},
         {"metric": "SSIM median", "value": _metric(sweep, "ssim", "median"), "fmt": "{:.4f}", "note": ""},
@@ -322,7 +263,7 @@ def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
                                   f"{det['eot_attack']['targeted_success']:.0%}"},
     ]
     per_class_rows = [[name, pc["pairs"], pc["systematic_accuracy"], pc["targeted_success_rate"],
-                       _num(pc["metrics"]["psnr"].get("median")), _num(pc["metrics"]["ssim"].get("median"))]
+                       pc["metrics"]["psnr"].get("median"), pc["metrics"]["ssim"].get("median")]
                       for name, pc in sweep["per_class"].items()]
     zs_rows = [[name, v.get("n", ""), v.get("top1", v.get("accuracy"))] for name, v in
                zs.get("per_class", {}).items()] if isinstance(zs.get("per_class"), dict) else []
@@ -361,12 +302,12 @@ def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
                      for j, res in enumerate(noise["statistics"])] +
                     [{"file": "noise_accuracy.png", "caption": "zero-shot accuracy vs sigma, clean and aligned"}]},
         {"title": "Jacobian spectra: original vs aligned",
-         "text": "Paired tests over images: " + json.dumps(_json_safe(spec_tests))[:1500],
+         "text": "Paired tests over images: " + dumps(spec_tests)[:1500],
          "tables": [], "figures": [{"file": "spectra.png", "caption": "singular values of J, original vs aligned"}]},
         {"title": "Noise-sensitivity detection",
          "text": ("Scores from K noisy copies of each image, calibrated on clean images (cross-fitted), two-tailed. "
                   f"Adaptive attacker: alignment in expectation over the detector's noise "
-                  f"({cfg.eot_samples} samples per step, {cfg.eot_steps} steps)."),
+                  f"({cfg.detect.eot_samples} samples per step, {cfg.detect.eot_steps} steps)."),
          "tables": [{"columns": ["score", "AUC", "TPR at 5% FPR", "direction", "AUC vs EOT"], "rows": det_rows,
                      "caption": "detector"}],
          "figures": [{"file": "roc.png", "caption": "ROC: clean vs aligned (solid), vs adaptive EOT (dashed)"}]},
