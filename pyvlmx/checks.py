@@ -55,7 +55,7 @@ def check_out_dir(path: str | os.PathLike, *, name: str = "--out") -> Path:
                         f"(it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         parent = next((p for p in out.parents if p.exists() and not p.is_dir()), out)
         raise UserError(f"{name} {out}: {parent} is a file, so the folder cannot be created") from None
     except OSError as exc:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyvlmx.errors import UserError
+
 
 def check_pixels(pixels: torch.Tensor, image_size: int | None = None, name: str = "pixels") -> None:
     """Raise a ValueError unless ``pixels`` is a float (B, 3, H, W) batch in [0, 1]."""
@@ -46,6 +48,149 @@ def save_state_dict(module: nn.Module, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(module.state_dict(), path)
     return path
+
+
+# --- checkpoint files ---------------------------------------------------------------------
+
+STATE_DICT_EXPECTED = ("a state dict (parameter name -> tensor), as torch.save(model.state_dict(), path) or the "
+                       "adapter's save_checkpoint writes")
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that is unreadable, refused as unsafe, or of the wrong structure.
+
+    The message is one line: the model, the file, the reason and what is expected.
+    """
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a checkpoint: ``*/data.pkl`` of a torch.save zip, else the file itself."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("data.pkl")]
+            return z.read(names[0]) if names else b""
+    return path.read_bytes()
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Globals the pickle imports that ``weights_only`` loading does not allow, found without running it.
+
+    ``pickletools.genops`` only parses opcodes; nothing in the file is executed.
+    Empty when the stream does not parse as a pickle (then it is no checkpoint at all).
+    """
+    import pickletools
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except ImportError:  # older/newer torch: torch's own names and plain containers
+        allowed = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.bytearray"}
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(_pickle_bytes(path)):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+                           "BINSTRING", "STRING"):
+                strings.append(str(arg))
+            elif op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]) if len(strings) >= 2 else "an unnamed global")
+    except Exception:  # noqa: BLE001 - any parse failure means: not a pickle, so nothing it could run
+        return []
+    return [g for g in dict.fromkeys(found) if g not in allowed and not g.startswith("torch.")]
+
+
+def load_state_dict_file(path: str | os.PathLike, *, model: str, expected: str = STATE_DICT_EXPECTED,
+                         unwrap: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely (``weights_only=True``) as a state dict, or raise one clear line.
+
+    Args:
+        path: the checkpoint file.
+        model: the model it is for (``open_clip:ViT-B-32``), for the message.
+        expected: what the file should hold, for the message.
+        unwrap: keys under which a dict may nest the state dict (``{"state_dict": {...}}``).
+
+    Returns:
+        the state dict (str keys, tensor values) on the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a checkpoint torch can read; refused because the
+            pickle would run code (the globals it imports are named); or a
+            file that holds something other than a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{model}: checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler raises many types; each becomes one line
+        err = diagnose_checkpoint(path, exc, model=model, expected=expected)
+        if err is None:
+            raise
+        raise err from exc
+    return _as_state_dict(obj, path, model=model, expected=expected, unwrap=unwrap)
+
+
+def _as_state_dict(obj, path: Path, *, model: str, expected: str, unwrap: tuple[str, ...]):
+    for key in unwrap:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        n = f" of {len(obj)} item(s)" if hasattr(obj, "__len__") else ""
+        raise CheckpointError(f"{model}: checkpoint {path}: wrong structure: it holds a {type(obj).__name__}{n}; "
+                              f"expected {expected}")
+    bad = next(((k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None or not obj:
+        what = "an empty dict" if not obj else f"a dict whose entry {bad[0]!r} is of type {type(bad[1]).__name__}"
+        raise CheckpointError(f"{model}: checkpoint {path}: wrong structure: it holds {what}, not tensors; "
+                              f"expected {expected}")
+    return obj
+
+
+def diagnose_checkpoint(path: str | os.PathLike, exc: BaseException | None = None, *, model: str,
+                        expected: str = STATE_DICT_EXPECTED) -> CheckpointError | None:
+    """The one-line :class:`CheckpointError` for a checkpoint that failed to load.
+
+    For adapters whose library loads the file itself (open_clip): call it
+    when that load fails, with the exception.  The file is examined safely
+    (``weights_only``, and a parse of the pickle's opcodes that runs nothing).
+
+    Returns:
+        the error to raise, or None when the file is a sound state dict and
+        ``exc`` is not a key/shape mismatch (the failure lies elsewhere:
+        re-raise ``exc``).
+    """
+    path = Path(path)
+    code = _unsafe_globals(path)
+    if code:
+        names = ", ".join(code[:3]) + (f" and {len(code) - 3} more" if len(code) > 3 else "")
+        return CheckpointError(f"{model}: checkpoint {path}: refused: the pickle would run code (it calls {names}); "
+                               f"pyvlmx loads with weights_only=True, so only tensors and plain containers load; "
+                               f"expected {expected}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as load_exc:  # noqa: BLE001 - summarised below
+        detail = str(load_exc)
+        if "WeightsUnpickler error:" in detail:  # torch's advice about weights_only=False does not apply
+            detail = detail.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        detail = " ".join(detail.split())[:160]
+        detail = f"{type(load_exc).__name__}: {detail}" if detail else type(load_exc).__name__
+        return CheckpointError(f"{model}: checkpoint {path}: not a checkpoint (torch.load cannot read it: "
+                               f"{detail}); expected {expected}")
+    try:
+        _as_state_dict(obj, path, model=model, expected=expected, unwrap=("state_dict",))
+    except CheckpointError as structural:
+        return structural
+    text = str(exc).strip() if exc is not None else ""
+    if isinstance(exc, RuntimeError) and "loading state_dict" in text:
+        return CheckpointError(f"{model}: checkpoint {path}: wrong structure: a state dict, but not one for this "
+                               f"model ({' '.join(text.split())[:240]}); expected {expected}")
+    return None  # a sound state dict: the failure lies elsewhere
 
 
 class VisionLanguageModel(nn.Module):

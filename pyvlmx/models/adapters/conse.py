@@ -64,7 +64,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pyvlmx.models.base import VisionLanguageModel
+from pyvlmx.models.base import VisionLanguageModel, load_state_dict_file
 from pyvlmx.models.registry import ModelFamily, register_family
 
 #: Temperature for zero-shot logits, ``logit_scale * cos``.  ConSE embeddings
@@ -176,7 +176,7 @@ def build_image_tower(variant: str, weights: str | os.PathLike | None = None) ->
     if not path.is_file():
         raise FileNotFoundError(f"{variant}: weights file {path} does not exist")
     net = timm.create_model(arch, pretrained=False)
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_state_dict_file(path, model=variant)
     net.load_state_dict(map_state_dict(source, net), strict=True)
     return net.eval()
 

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from pyvlmx.models.base import VisionLanguageModel, save_state_dict
+from pyvlmx.models.base import VisionLanguageModel, load_state_dict_file, save_state_dict
 from pyvlmx.models.registry import ModelFamily, register_family
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -203,7 +203,7 @@ def load_imagebind(arch: str, pretrained: str | None = None, device="cpu", seed:
         for key in [k for k in group.keys() if k not in MODALITIES]:
             del group[key]
     if pretrained is not None:
-        state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        state = load_state_dict_file(pretrained, model=f"imagebind:{arch}")
         state = {k: v for k, v in state.items() if k.split(".")[1:2] and k.split(".")[1] in MODALITIES}
         try:
             model.load_state_dict(state, strict=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pyvlmx.models.base import VisionLanguageModel, save_state_dict
+from pyvlmx.models.base import VisionLanguageModel, diagnose_checkpoint, save_state_dict
 from pyvlmx.models.registry import ModelFamily, register_family
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -106,7 +106,14 @@ def load_open_clip(arch: str, pretrained: str | None = None, device="cpu", seed:
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         if pretrained is None and seed is not None:
             torch.manual_seed(seed)
-        clip = oc.create_model(arch, pretrained=pretrained, device="cpu", **kwargs)
+        try:
+            clip = oc.create_model(arch, pretrained=pretrained, device="cpu", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a bad local file: one line naming it and the reason
+            err = diagnose_checkpoint(pretrained, exc, model=f"open_clip:{arch}") \
+                if pretrained is not None and os.path.isfile(pretrained) else None
+            if err is None:
+                raise
+            raise err from exc
     clip.eval()
     tokenizer = oc.get_tokenizer(arch)
     return OpenCLIPModel(clip, tokenizer, arch, pretrained)
