@@ -15,19 +15,24 @@ All products are batched over many vectors and chunked to a memory budget.
 While the model runs inside the operator, attention runs on the math SDPA
 backend with the ``nn.MultiheadAttention`` fast path off (forward mode and
 double backward need them), and the [0, 1] input check is skipped (dual
-tensors and noisy inputs); everything is restored afterwards.
+tensors and noisy inputs); everything is restored afterwards.  During JVPs the
+attention goes through the fused multi-tangent op ``ops.attention_jvp``
+(``jvp_backend="fused"``, :mod:`pyvlmx.jacobian.fused_attention`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator
 
 import torch
 
+from pyvlmx.jacobian.fused_attention import fused_attention, fused_available, warn_unavailable
 from pyvlmx.models.analysis import analysis_mode  # noqa: F401  (re-exported by pyvlmx.jacobian)
 
 JVP_MODES = ("vmap", "batch", "double_vjp")
 VJP_MODES = ("loop", "batch", "vmap")
+JVP_BACKENDS = ("fused", "math")
 
 
 def _as_image(x0: torch.Tensor) -> torch.Tensor:
@@ -69,11 +74,22 @@ class JacobianOperator:
             ``memory_budget_mb`` and the bytes one sample's graph saves.
         memory_budget_mb: budget for one chunk's autograd graph.
         dtype: compute dtype of the products (None: the model's dtype).
+        jvp_backend: how attention is differentiated in forward mode
+            (``jvp_mode`` "vmap" and "batch"): ``"fused"`` (default) sends
+            every scaled-dot-product attention through
+            :func:`pyvlmx.ops.attention_jvp`, all tangents of a chunk in one
+            call (:mod:`pyvlmx.jacobian.fused_attention`); ``"math"`` runs
+            ``torch.func`` over the math SDPA, the reference.  "fused" becomes
+            "math" when the model has no attention, and, after one warning,
+            when the compiled op is not built.
 
     Attributes:
         shape: (D, P) with P = 3 * H * W.
         f0: (D,) the embedding at ``x0``.
-        counts: number of vector products done so far, by kind.
+        counts: number of vector products done so far, by kind;
+            ``"fused_attention"`` counts the attention calls that the fused
+            route took during JVPs.
+        jvp_backend: the backend in use (after the fallbacks above).
 
     Example:
         >>> from pyvlmx.models import load_model
@@ -89,7 +105,9 @@ class JacobianOperator:
                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  jvp_mode: str = "vmap", vjp_mode: str = "loop",
                  chunk_size: int | None = None, memory_budget_mb: float = 1024.0,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, jvp_backend: str = "fused"):
+        if jvp_backend not in JVP_BACKENDS:
+            raise ValueError(f"jvp_backend must be one of {JVP_BACKENDS}, got {jvp_backend!r}")
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"jvp_mode must be one of {JVP_MODES}, got {jvp_mode!r}")
         if vjp_mode not in VJP_MODES:
@@ -112,10 +130,17 @@ class JacobianOperator:
         self.dtype = dtype
         self.device = self.x0.device
         self.image_shape = tuple(self.x0.shape[1:])
-        self.counts = {"jvp": 0, "vjp": 0, "forward": 0}
+        self.counts = {"jvp": 0, "vjp": 0, "forward": 0, "fused_attention": 0}
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
-        with torch.no_grad(), analysis_mode(self._mode_model):
+        # f0 through the fused route's forward (the math SDPA itself) tells whether any attention is routed
+        with torch.no_grad(), analysis_mode(self._mode_model), fused_attention(self._mode_model) as route:
             f0 = self._f(self.x0)
+        if jvp_backend == "fused" and route.fused == 0:
+            jvp_backend = "math"             # no attention to route: nothing falls back
+        elif jvp_backend == "fused" and not fused_available():
+            warn_unavailable()
+            jvp_backend = "math"
+        self.jvp_backend = jvp_backend
         self.f0 = f0[0].detach()
         self.shape = (int(f0.shape[1]), int(self.x0.numel()))
         self.memory_budget_mb = float(memory_budget_mb)
@@ -178,9 +203,13 @@ class JacobianOperator:
             raise ValueError(f"mode must be one of {JVP_MODES}, got {mode!r}")
         V, single = self._check_vectors(V, P, "V")
         out = torch.empty(D, V.shape[1], device=self.device, dtype=self.dtype)
-        with analysis_mode(self._mode_model):
+        fused = self.jvp_backend == "fused" and mode != "double_vjp"
+        route = fused_attention(self._mode_model) if fused else contextlib.nullcontext()
+        with analysis_mode(self._mode_model), route as r:
             for sl in self._chunks(V.shape[1]):
                 out[:, sl] = self._jvp_chunk(V[:, sl].t().reshape(-1, *self.image_shape), mode).t()
+        if fused:
+            self.counts["fused_attention"] += r.fused
         self.counts["jvp"] += V.shape[1]
         return out[:, 0] if single else out
 
@@ -281,6 +310,7 @@ class JacobianOperator:
 
     def __repr__(self) -> str:
         return (f"JacobianOperator(shape={self.shape}, jvp_mode={self.jvp_mode!r}, "
+                f"jvp_backend={self.jvp_backend!r}, "
                 f"vjp_mode={self.vjp_mode!r}, chunk_size={self.chunk_size}, normalize={self.normalize})")
 
 
