@@ -9,14 +9,21 @@ Same run, same image, per model:
   was fastest for the exact route;
 * randomized block Krylov (block k, q iterations: (q + 1) k JVPs and as
   many VJPs, all of them spanning the search space);
-* the single-pass streaming sketch (TYUC 2019, r = 4k + 1, s = 2r + 1);
+* the TYUC 2019 sketch streamed over J's rows (r = 4k + 1, s = 2r + 1: D VJPs);
+* the matrix-free single-pass TYUC sketch (2r + s independent products, no
+  power iterations) for r = k + 10, 2k + 1, 3k, 4k + 1 and s = 2r + 1;
 
-relative error of the top 16 singular values against the exact ones, wall
-time, and the speed-up over the exact route.  Plus the noise-statistics
+relative error of the top 16 singular values against the exact ones, the
+products (JVPs + VJPs) each route used, wall time, and the speed-up over the
+exact route.  Plus the noise-statistics
 throughput (noisy copies embedded and folded into StreamingMoments per second).
 Goal: a randomized route with <= 1e-3 error and >= 2x faster than exact on
 open_clip ViT-B-32 (random weights, 512-d).  ``PYVLMX_BENCH_SPECTRA_MODELS``
-(comma-separated registry names) replaces the full run's two models.
+(comma-separated registry names) replaces the full run's two models;
+``PYVLMX_BENCH_SPECTRA_ROUTES`` (comma-separated: randomized, krylov, vjp,
+row-streaming, single-pass, noise) keeps only those routes after the exact
+one, and ``PYVLMX_BENCH_SPECTRA_VJP_MODES`` (``mode`` or ``model=mode``,
+comma-separated) the exact route's VJP modes.
 
 Run:  python -m benchmarks.bench_spectra [--quick] [--device cuda] [--out DIR]
 """
@@ -30,8 +37,35 @@ import torch
 
 from benchmarks._common import main, sync, timeit
 
-COLUMNS = ["model", "route", "mode", "k", "median_s", "iqr_s", "speedup_vs_exact", "rel_err_top16", "goal",
-           "verdict", "samples_per_s"]
+COLUMNS = ["model", "route", "mode", "k", "products", "median_s", "iqr_s", "speedup_vs_exact", "rel_err_top16",
+           "goal", "verdict", "samples_per_s"]
+ROUTES = ("randomized", "krylov", "vjp", "row-streaming", "single-pass", "noise")
+
+
+def _routes() -> tuple[str, ...]:
+    names = os.environ.get("PYVLMX_BENCH_SPECTRA_ROUTES")
+    if not names:
+        return ROUTES
+    keep = tuple(n.strip() for n in names.split(",") if n.strip())
+    bad = [n for n in keep if n not in ROUTES]
+    if bad:
+        raise ValueError(f"PYVLMX_BENCH_SPECTRA_ROUTES: unknown routes {bad}; routes are {ROUTES}")
+    return keep
+
+
+def _vjp_modes(model: str, modes: tuple[str, ...]) -> tuple[str, ...]:
+    spec = os.environ.get("PYVLMX_BENCH_SPECTRA_VJP_MODES")
+    if not spec:
+        return modes
+    picked = []
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        who, _, mode = item.rpartition("=")
+        if who in ("", model):
+            picked.append(mode)
+    bad = [m for m in picked if m not in ("loop", "batch", "vmap")]
+    if bad:
+        raise ValueError(f"PYVLMX_BENCH_SPECTRA_VJP_MODES: unknown VJP modes {bad}; modes are loop, batch, vmap")
+    return tuple(picked) or modes
 
 
 def _models(quick: bool) -> list[tuple[str, dict]]:
@@ -46,8 +80,9 @@ def _models(quick: bool) -> list[tuple[str, dict]]:
 def run(quick: bool, device: str):
     """Yield rows as they are measured (the exact rows once all exact modes ran)."""
     from pyvlmx.jacobian import (
-        JacobianOperator, block_krylov_svd, exact_svd, randomized_range_svd, relative_error, streaming_svd,
+        JacobianOperator, block_krylov_svd, exact_svd, randomized_range_svd, relative_error,
     )
+    from pyvlmx.jacobian.operator import row_streaming_svd, single_pass_svd
     from pyvlmx.models import load_model
     from pyvlmx.ops import StreamingMoments
 
@@ -65,17 +100,20 @@ def run(quick: bool, device: str):
         warm.matvec(torch.randn(warm.shape[1], 4, device=device))
         warm.rmatvec(torch.randn(warm.shape[0], 4, device=device))
         warm.release()
-        for vmode in (("loop", "batch") if quick else ("loop", "batch", "vmap")):
+        routes = _routes()
+        for vmode in _vjp_modes(name, ("loop", "batch") if quick else ("loop", "batch", "vmap")):
             op = JacobianOperator(model, x0, vjp_mode=vmode, chunk_size=32)
             box = {}
 
             def f(op=op, box=box):
                 op.release()
+                before = op.counts["jvp"] + op.counts["vjp"]
                 box["s"] = exact_svd(op)["singular_values"]
+                box["products"] = op.counts["jvp"] + op.counts["vjp"] - before
             t = timeit(f, device=device, min_run_time=min_time, warmup=0)
             ref = box["s"] if ref is None else ref
             exact_rows.append({"model": name, "route": "exact", "mode": f"vjp={vmode}", "k": D,
-                               "median_s": t["median"], "iqr_s": t["iqr"],
+                               "products": box["products"], "median_s": t["median"], "iqr_s": t["iqr"],
                                "rel_err_top16": relative_error(box["s"][:k], ref[:k])})
         fastest = min(exact_rows, key=lambda r: r["median_s"])
         base = fastest["median_s"]
@@ -85,13 +123,17 @@ def run(quick: bool, device: str):
         # the other routes use the VJP mode that made the exact route fastest on this model
         best_vmode = fastest["mode"].removeprefix("vjp=")
         op = JacobianOperator(model, x0, vjp_mode=best_vmode, jvp_mode="vmap", chunk_size=32)
-        qs = (1, 2) if quick else (1, 2, 3)
+        qs = (1, 2) if quick else (0, 1, 2, 3)   # q = 0: the single pass's nearest HMT relative
         # Krylov: block k (a higher polynomial degree per product than block k + 10)
         kq = (2, 4) if quick else (4, 5, 6, 7)
-        variants = [("randomized", "forward", q) for q in qs] + [("krylov", None, q) for q in kq] + \
-                   [("vjp", "vjp", 2), ("streaming", None, 0)]
+        # single-pass: r = k + 10, 2k + 1, 3k, 4k + 1 (2r + s = 4r + 1 products with s = 2r + 1)
+        sp_r = (k + 10, 4 * k + 1) if quick else (k + 10, 2 * k + 1, 3 * k, 4 * k + 1)
+        variants = [("single-pass", None, r) for r in sp_r] + [("randomized", "forward", q) for q in qs] + \
+                   [("krylov", None, q) for q in kq] + [("vjp", "vjp", 2), ("row-streaming", None, 0)]
+        variants = [v for v in variants if v[0] in routes]
         solvers = {
-            "streaming": lambda variant, q: streaming_svd(op, k),
+            "row-streaming": lambda variant, q: row_streaming_svd(op, k),
+            "single-pass": lambda variant, r: single_pass_svd(op, k, range_dim=r),
             "krylov": lambda variant, q: block_krylov_svd(op, k, block=k, iters=q),
             "randomized": lambda variant, q: randomized_range_svd(op, k, oversample=10, power_iters=q,
                                                                   variant=variant),
@@ -102,17 +144,22 @@ def run(quick: bool, device: str):
 
             def f(box=box, solve=solvers[route], variant=variant, q=q):
                 op.release()  # every call starts without a cached graph, as the exact route's do
+                before = op.counts["jvp"] + op.counts["vjp"]
                 box["s"] = solve(variant, q)["singular_values"]
+                box["products"] = op.counts["jvp"] + op.counts["vjp"] - before
             t = timeit(f, device=device, min_run_time=min_time, warmup=0)
             err = relative_error(box["s"], ref[:k])
-            mode = {"streaming": "r=4k+1", "krylov": f"block={k}, q={q}"}.get(route, f"q={q}")
+            mode = {"row-streaming": "r=4k+1", "krylov": f"block={k}, q={q}",
+                    "single-pass": f"r={q}, s={2 * q + 1}"}.get(route, f"q={q}")
             row = {"model": name, "route": route, "mode": f"{mode}, vjp={best_vmode}",
-                   "k": k, "median_s": t["median"], "iqr_s": t["iqr"], "speedup_vs_exact": base / t["median"],
+                   "k": k, "products": box["products"], "median_s": t["median"], "iqr_s": t["iqr"], "speedup_vs_exact": base / t["median"],
                    "rel_err_top16": err}
             if route in ("randomized", "krylov") and "ViT-B-32" in name:
                 row["goal"] = "err<=1e-3, >=2x"
                 row["verdict"] = "met" if (err <= 1e-3 and base / t["median"] >= 2) else "missed"
             yield row
+        if "noise" not in routes:
+            continue
         # noise throughput: embed noisy copies and fold them into the moments
         bs = 32 if quick else 128
         mom = StreamingMoments(D, device=device)
