@@ -153,8 +153,11 @@ def write_results(name: str, rows: list[dict], out_dir: str = "benchmarks/result
     meta = meta if meta is not None else metadata(device)
     jpath = os.path.join(out_dir, f"{name}.json")
     mpath = os.path.join(out_dir, f"{name}.md")
-    with open(jpath, "w") as fh:
-        json.dump({"benchmark": name, "metadata": meta, "rows": rows}, fh, indent=2, default=str)
+    from pyvlmx.io import write_json
+
+    # other values as text, as before; non-finite numbers -> null (pyvlmx.io's policy)
+    doc = json.loads(json.dumps({"benchmark": name, "metadata": meta, "rows": rows}, default=str))
+    write_json(jpath, doc, indent=2)
     with open(mpath, "w") as fh:
         fh.write(f"# {name}\n\n")
         fh.write(f"commit {meta.get('commit')}, torch {meta.get('torch')}, device {meta.get('device')}"

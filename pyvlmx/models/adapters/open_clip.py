@@ -96,7 +96,8 @@ def load_open_clip(arch: str, pretrained: str | None = None, device="cpu", seed:
     archs = oc.list_models()
     if arch not in archs:
         close = difflib.get_close_matches(arch, archs, n=8, cutoff=0.4)
-        raise ValueError(f"unknown open_clip architecture {arch!r}; close matches: {close}; "
+        near = f"close matches: {close}" if close else "no close match"
+        raise ValueError(f"unknown open_clip architecture {arch!r}; {near}; "
                          f"{len(archs)} architectures in all (pyvlmx list-models --all)")
     if pretrained is not None and not os.path.isfile(pretrained):
         tags = oc.list_pretrained_tags_by_model(arch)
