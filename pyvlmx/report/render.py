@@ -21,6 +21,8 @@ import json
 import math
 from pathlib import Path
 
+from pyvlmx.io import dumps
+
 
 def _fmt(value, fmt: str = "{:.3f}") -> str:
     if value is None:
@@ -63,8 +65,8 @@ def render_markdown(study: dict) -> str:
             out.append("")
         for fig in sec.get("figures", []):
             out += [f"![{fig.get('caption', '')}]({fig['file']})", "", f"*{fig.get('caption', '')}*", ""]
-    out += ["## Settings", "", "```json", json.dumps(study.get("settings", {}), indent=2), "```", ""]
-    out += ["## Environment", "", "```json", json.dumps(study.get("environment", {}), indent=2), "```", ""]
+    out += ["## Settings", "", "```json", dumps(study.get("settings", {}), indent=2), "```", ""]
+    out += ["## Environment", "", "```json", dumps(study.get("environment", {}), indent=2), "```", ""]
     return "\n".join(out)
 
 
@@ -127,8 +129,8 @@ def render_html(study: dict, folder: str | Path) -> str:
                 raise FileNotFoundError(f"report figure {fig['file']!r} not found in {folder}")
             parts.append(f"<figure><img src='{_data_uri(path)}' alt='{e(fig.get('caption', ''))}'>"
                          f"<figcaption>{e(fig.get('caption', ''))}</figcaption></figure>")
-    parts.append("<h2>Settings</h2><pre>" + e(json.dumps(study.get("settings", {}), indent=2)) + "</pre>")
-    parts.append("<h2>Environment</h2><pre>" + e(json.dumps(study.get("environment", {}), indent=2)) + "</pre>")
+    parts.append("<h2>Settings</h2><pre>" + e(dumps(study.get("settings", {}), indent=2)) + "</pre>")
+    parts.append("<h2>Environment</h2><pre>" + e(dumps(study.get("environment", {}), indent=2)) + "</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
