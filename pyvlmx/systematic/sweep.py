@@ -1,6 +1,6 @@
 """The systematic sweep: align every image to every other class, classify, record.
 
-``run_sweep(model, dataset, out_dir, **cfg)`` runs the pair list
+``run_sweep(model, dataset, out_dir, attack=..., sweep=...)`` runs the pair list
 (:func:`pyvlmx.systematic.pairs.build_pairs`) in fixed chunks of
 ``batch_size`` pairs; each chunk is one batched
 :class:`~pyvlmx.attacks.EmbeddingAlignment` run whose samples stop on their
@@ -25,6 +25,8 @@ device type and bf16.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,15 +37,15 @@ from typing import Any
 
 import torch
 
-from pyvlmx.attacks import create_attack, quantize_8bit
+from pyvlmx.attacks import create_attack, quantize_to_budget, record_success
+from pyvlmx.runlock import run_lock
+from pyvlmx.io import write_json
 from pyvlmx.systematic import store
+from pyvlmx.systematic.config import ATTACK_DEFAULTS, resolve_sweep_options  # noqa: F401 (ATTACK_DEFAULTS: API)
 from pyvlmx.systematic.pairs import build_pairs, chunks_for_rank
 from pyvlmx.systematic.summary import format_summary, summarize
 
 FORMAT_VERSION = 1
-# The sweep's attack defaults: the attack's own (see AlignmentConfig), but a
-# failing pair is recorded, not raised.
-ATTACK_DEFAULTS: dict[str, Any] = {"errors": "record"}
 
 
 def _labels(dataset) -> list[int]:
@@ -90,14 +92,9 @@ def _barrier(world: int, device: torch.device) -> None:
 def _check_config(out_dir: Path, config: dict, rank: int, world: int, device: torch.device) -> None:
     path = out_dir / store.CONFIG_NAME
     if rank == 0 and not path.exists():
-        store.atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
+        write_json(path, config, indent=2, sort_keys=True)
     _barrier(world, device)
-    old = json.loads(path.read_text())
-    if old != json.loads(json.dumps(config, sort_keys=True)):
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        detail = "; ".join(f"{k}: folder has {old.get(k)!r}, now {config.get(k)!r}" for k in diff[:6])
-        raise ValueError(f"{out_dir} holds a sweep with another configuration ({detail}); resume with the "
-                         f"same settings or use a new --out folder")
+    store.check_config(out_dir, json.loads(path.read_text()), config)  # names only the keys that differ
 
 
 def sweep_config(model, dataset, *, attack, targets, target_mode, batch_size, templates, seed, max_images,
@@ -146,14 +143,14 @@ class _ImageCache:
             return None
         x = x.to(self.device, torch.float32)
         if self.quantize:
-            x = quantize_8bit(x)
+            x = quantize_to_budget(x)
         self.cache[i] = x
         while len(self.cache) > self.size:
             self.cache.popitem(last=False)
         return x
 
 
-def run_sweep(model, dataset, out_dir: str | os.PathLike, **cfg: Any) -> dict:
+def run_sweep(model, dataset, out_dir: str | os.PathLike, attack=None, sweep=None, **cfg: Any) -> dict:
     """Systematic evaluation: align every image to every other class and classify it.
 
     Args:
@@ -162,18 +159,25 @@ def run_sweep(model, dataset, out_dir: str | os.PathLike, **cfg: Any) -> dict:
             label), ``__getitem__`` -> ((3, H, W) in [0, 1], label), H = W =
             ``model.image_size`` (``pyvlmx.data.load_dataset(spec, model.image_size)``).
         out_dir: the sweep folder (created; an existing one is resumed).
-        **cfg: sweep options
-            ``targets`` ("all" or K per image), ``target_mode`` ("text": the
-            class text embedding, the default; "image": the embedding of an
-            image of the class), ``batch_size`` (32), ``templates`` (prompt
-            set name or list; "short"), ``seed`` (0), ``max_images``,
-            ``save_images`` (False: write each aligned image as
-            ``images/<pair_id>.png``, 8-bit lossless), ``quantize_inputs``
-            (True: originals are rounded to 8 bits, as a saved photo is),
-            ``progress`` (True: tqdm bar on rank 0), ``attack``
-            ("embedding-alignment"); every other key is an option of
-            :class:`~pyvlmx.attacks.AlignmentConfig` (``optimizer``, ``eps``,
-            ``max_steps``, ``bf16``, ...).
+        attack: the attack: an :class:`~pyvlmx.attacks.AlignmentConfig` (or
+            another registered attack's config), a dict of embedding
+            alignment's options, an attack name, ``(name, options)``, or None.
+            Given by name or options, a failing pair is recorded
+            (``errors="record"``) and the attack's seed is the sweep's.
+        sweep: a :class:`~pyvlmx.systematic.config.SweepConfig` or a dict of
+            its options: ``targets`` ("all" or K per image, at most the number
+            of other classes), ``target_mode`` ("text": the class text
+            embedding; "image": the embedding of an image of the class),
+            ``batch_size`` (32), ``templates`` (prompt set name or list;
+            "short"), ``seed`` (0), ``max_images``, ``save_images`` (False:
+            write each aligned image as ``images/<pair_id>.png``, 8-bit
+            lossless), ``quantize_inputs`` (True: originals are rounded to 8
+            bits, as a saved photo is), ``progress`` (True: tqdm bar on rank
+            0), ``wait`` (False: when another run holds ``out_dir``, wait for
+            it instead of raising :class:`~pyvlmx.runlock.RunLockBusy`).
+        **cfg: the same options flat (``eps=8 / 255, batch_size=16``): each
+            goes to the configuration that has the field; an unknown one is a
+            ValueError naming the configuration and listing its fields.
 
     Returns:
         the summary dict (:func:`pyvlmx.systematic.summary.summarize`, plus
@@ -191,39 +195,34 @@ def run_sweep(model, dataset, out_dir: str | os.PathLike, **cfg: Any) -> dict:
         >>> from pyvlmx.data import load_dataset
         >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
         >>> ds = load_dataset("samples", m.image_size)               # doctest: +SKIP
-        >>> summary = run_sweep(m, ds, "out/sweep", eps=8 / 255)     # doctest: +SKIP
+        >>> summary = run_sweep(m, ds, "out/sweep", attack={"eps": 8 / 255},
+        ...                     sweep={"targets": 2})                 # doctest: +SKIP
     """
     from pyvlmx.zeroshot import resolve_templates
 
     out_dir = Path(out_dir)
-    sweep_opts = {"targets": "all", "target_mode": "text", "batch_size": 32, "attack": "embedding-alignment",
-                  "templates": "short", "seed": 0, "save_images": False, "max_images": None, "progress": True,
-                  "quantize_inputs": True}
-    attack_cfg = dict(ATTACK_DEFAULTS)
-    for k, v in cfg.items():
-        if k in sweep_opts:
-            sweep_opts[k] = v
-        else:
-            attack_cfg[k] = v
-    attack_cfg.setdefault("seed", sweep_opts["seed"])
-    bs = int(sweep_opts["batch_size"])
-    if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {sweep_opts['batch_size']}")
+    attack_name, attack_cfg, sweep_cfg = resolve_sweep_options(attack, sweep, cfg)
+    sweep_opts = dataclasses.asdict(sweep_cfg)
+    bs = sweep_cfg.batch_size
     device = model.device
-    attack = create_attack(sweep_opts["attack"], model, **attack_cfg)
+    attack = create_attack(attack_name, model, **dataclasses.asdict(attack_cfg))
     templates = resolve_templates(sweep_opts["templates"])
     classnames = list(dataset.classnames)
     labels = _labels(dataset)
     paths = _paths(dataset)
     if len(labels) == 0:
         raise ValueError("the dataset holds no images")
+    sweep_cfg.check_dataset(len(classnames))  # K target classes per image must exist, before any work
     size = getattr(dataset, "image_size", model.image_size)
     if size is not None and size != model.image_size:
         raise ValueError(f"dataset images are {size}x{size} but {model.name} takes "
                          f"{model.image_size}x{model.image_size}; load it with image_size={model.image_size}")
 
     rank, world, own_pg = _dist_setup(device)
+    held = contextlib.ExitStack()
     try:
+        # one run per folder for the whole sweep; the ranks of one torchrun job share it
+        held.enter_context(run_lock(out_dir, wait=bool(sweep_opts["wait"])))
         out_dir.mkdir(parents=True, exist_ok=True)
         pairs = build_pairs(labels, len(classnames), targets=sweep_opts["targets"],
                             target_mode=sweep_opts["target_mode"], seed=sweep_opts["seed"],
@@ -245,12 +244,13 @@ def run_sweep(model, dataset, out_dir: str | os.PathLike, **cfg: Any) -> dict:
             summary["timing"] = {"elapsed_s": elapsed, "pairs_computed_rank0": computed,
                                  "pairs_per_s_rank0": computed / elapsed if elapsed > 0 else None,
                                  "world_size": world}
-            store.atomic_write_text(summary_path, json.dumps(store._clean(summary), indent=2, allow_nan=False))
+            write_json(summary_path, summary, indent=2)
         _barrier(world, device)
         if rank != 0:
             summary = json.loads(summary_path.read_text())
         return summary
     finally:
+        held.close()
         if own_pg:
             import torch.distributed as dist
 
@@ -299,7 +299,7 @@ def _run_rank(model, attack, dataset, pairs, classnames, labels, paths, template
         for r in recs:
             done.add(r["pair_id"])
         n_written += len(recs)
-        n_success += sum(1 for r in recs if r.get("status") == "ok" and r["pred_after"] == r["target_class"])
+        n_success += sum(1 for r in recs if record_success(r))
         if bar is not None:
             bar.update(len(recs))
             bar.set_postfix(success=f"{100.0 * n_success / max(n_written, 1):.1f}%", refresh=False)
@@ -360,7 +360,7 @@ def _save_png(out_dir: Path, pair_id: int, img: torch.Tensor, x0: torch.Tensor, 
     from pyvlmx.data import save_png
 
     cfg = attack.config
-    q = quantize_8bit(img[None], x0[None], eps)[0] if cfg.norm == "linf" else quantize_8bit(img)
+    q = quantize_to_budget(img[None], x0[None], eps, cfg.norm)[0]
     rel = Path("images") / f"{pair_id:06d}.png"
     final = out_dir / rel
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +402,6 @@ def merge(out_dir: str | os.PathLike, expected: int | None = None, partial: bool
         timing = json.loads(old_path.read_text()).get("timing")
         if timing is not None:
             summary["timing"] = timing
-    store.atomic_write_text(out_dir / store.SUMMARY_NAME, json.dumps(store._clean(summary), indent=2,
-                                                                      allow_nan=False))
+    write_json(out_dir / store.SUMMARY_NAME, summary, indent=2)
     store.atomic_write_text(out_dir / "summary.txt", format_summary(summary) + "\n")
     return summary
