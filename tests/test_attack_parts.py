@@ -114,8 +114,10 @@ def test_eot_attack_is_registered_with_its_options(tiny_clip):
     with pytest.raises(ValueError, match="fixed_jacobian.*takes no EOT"):
         create_attack("eot-alignment", tiny_clip, gradient="fixed_jacobian").run(
             torch.rand(1, 3, 32, 32), torch.nn.functional.normalize(torch.randn(1, tiny_clip.embed_dim), dim=1))
-    with pytest.raises(ValueError, match="L-inf eps above 1.*300"):
-        create_attack("align", tiny_clip, eps=300.0)
+    with pytest.raises(ValueError, match=r"L-inf eps above 1 .*got 4 \(did you mean 4/255\?\)"):
+        create_attack("align", tiny_clip, eps=4.0)
+    with pytest.raises(ValueError, match=r"L-inf eps above 1 .*got 1.17647$"):
+        create_attack("align", tiny_clip, eps=300 / 255)
 
 
 def test_eot_result_does_not_depend_on_the_batch(tiny_clip):

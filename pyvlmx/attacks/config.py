@@ -113,8 +113,9 @@ class AlignmentConfig:
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"{own}: eps must be a finite number >= 0, got {self.eps!r}")
         if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"{own}: an L-inf eps above 1 is no budget on pixels in [0, 1], got {self.eps!r} "
-                             f"(did you mean {self.eps:g}/255?)")
+            hint = f" (did you mean {self.eps:g}/255?)" if float(self.eps).is_integer() and self.eps <= 255 else ""
+            raise ValueError(f"{own}: an L-inf eps above 1 is no budget on pixels in [0, 1] (it allows any "
+                             f"image), got {self.eps:g}{hint}")
         if self.norm != "none" and self.eps == 0 and self.minimal == "off":
             raise ValueError(f"{own}: eps=0 with norm={self.norm!r} allows no change; "
                              f"use eps > 0 or norm='none'")
