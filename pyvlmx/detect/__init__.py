@@ -1,9 +1,17 @@
 """Noise-sensitivity detection of aligned images, and an adaptive (EOT) attacker.
 
-Example:
+Example (random stand-ins for clean and aligned images, random class weights):
+    >>> import torch
+    >>> from pyvlmx.models import load_model
     >>> from pyvlmx.detect import evaluate_detector
-    >>> r = evaluate_detector(model, clean, aligned, class_weights=w, sigma=4/255)  # doctest: +SKIP
-    >>> r["scores"]["combined"]["auc"]                                             # doctest: +SKIP
+    >>> model = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> clean = torch.rand(8, 3, 32, 32, generator=g)
+    >>> aligned = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    >>> w = torch.nn.functional.normalize(torch.randn(5, model.embed_dim, generator=g), dim=1)
+    >>> r = evaluate_detector(model, clean, aligned, class_weights=w, sigma=4/255, k=8)
+    >>> sorted(r["scores"]), r["n_clean"], r["n_aligned"]
+    (['combined', 'confidence_drop', 'displacement', 'flip_rate', 'kl', 'margin'], 8, 8)
 """
 
 from pyvlmx.detect.adaptive import align  # noqa: F401

@@ -158,8 +158,15 @@ class NoiseSensitivityDetector:
         seed, clamp: noise options (see :func:`noise_scores`).
 
     Example:
-        >>> det = NoiseSensitivityDetector(model, weights, sigma=4/255).fit(clean)  # doctest: +SKIP
-        >>> det.predict(images, fpr=0.05)                                          # doctest: +SKIP
+        >>> from pyvlmx.models import load_model
+        >>> model = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.rand(8, 3, 32, 32, generator=g)
+        >>> weights = torch.nn.functional.normalize(torch.randn(5, model.embed_dim, generator=g), dim=1)
+        >>> det = NoiseSensitivityDetector(model, weights, sigma=4/255, k=8).fit(clean)
+        >>> flagged = det.predict(torch.rand(4, 3, 32, 32, generator=g), fpr=0.05)
+        >>> flagged.shape, flagged.dtype
+        ((4,), dtype('bool'))
     """
 
     def __init__(self, model, class_weights: torch.Tensor | None, *, sigma: float = 4 / 255, k: int = 32,

@@ -1,10 +1,13 @@
 """Jacobian of the image embedding: operator, exact / randomized / streaming spectra.
 
 Example:
+    >>> import torch
     >>> from pyvlmx.models import load_model
     >>> from pyvlmx.jacobian import spectrum
     >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
-    >>> r = spectrum(m, torch.rand(3, 32, 32), k=8, method="randomized")  # doctest: +SKIP
+    >>> r = spectrum(m, torch.rand(3, 32, 32), k=8, method="randomized")
+    >>> len(r["singular_values"]), r["embed_dim"], r["pixels"]
+    (8, 32, 3072)
 """
 
 from pyvlmx.jacobian.operator import (  # noqa: F401

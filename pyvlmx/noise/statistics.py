@@ -140,8 +140,10 @@ def noise_statistics(model, image: torch.Tensor, sigmas: Sequence[float], n: int
     Example:
         >>> from pyvlmx.models import load_model
         >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
-        >>> r = noise_statistics(m, torch.rand(3, 32, 32), [1e-3], n=512)  # doctest: +SKIP
-        >>> r["per_sigma"][0]["holds"]  # doctest: +SKIP
+        >>> x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> r = noise_statistics(m, x, [1e-3, 0.3], n=256)
+        >>> [row["holds"] for row in r["per_sigma"]], r["sigma_breaks"]
+        ([True, False], 0.3)
     """
     from scipy import stats
 

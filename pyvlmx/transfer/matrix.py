@@ -25,11 +25,14 @@ All images live at one resolution S (the dataset's); a model whose
 :class:`~pyvlmx.transfer.ensemble.EnsembleModel` of one), for alignment and
 evaluation alike, so clean and aligned images go through the same pipeline.
 
-Example:
+Example (the embedded sample photos, four of them, at the tiny model's 32 x 32):
+    >>> from pyvlmx.data import load_dataset
     >>> from pyvlmx.transfer import transfer_matrix
+    >>> dataset = load_dataset("samples", 32)
     >>> res = transfer_matrix(["open_clip:pyvlmx-tiny-vit"], ["open_clip:pyvlmx-tiny-vit"],
-    ...                       dataset, attack={"eps": 8 / 255, "max_steps": 20})   # doctest: +SKIP
-    >>> res["cells"]["open_clip:pyvlmx-tiny-vit"]["open_clip:pyvlmx-tiny-vit"]["target_rate"]  # doctest: +SKIP
+    ...                       dataset, attack={"eps": 8 / 255, "max_steps": 20}, max_images=4, progress=False)
+    >>> sorted(res["cells"]["open_clip:pyvlmx-tiny-vit"]["open_clip:pyvlmx-tiny-vit"])
+    ['accuracy', 'changed', 'cos_target', 'cos_target_clean', 'target_rate', 'target_rate_given_success']
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ added to every class, so it changes neither the argmax nor the softmax over
 classes nor any cross-entropy computed from the logits; it only matters if you
 read ``sigmoid(logits)`` as probabilities.
 
-Example:
+Example (needs a downloaded checkpoint folder, so the doctests skip it):
     >>> from pyvlmx.models import load_model
     >>> m = load_model("hf:/path/to/clip-folder")  # doctest: +SKIP
     >>> m.encode_image(torch.rand(2, 3, m.image_size, m.image_size)).shape  # doctest: +SKIP
