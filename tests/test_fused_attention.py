@@ -72,7 +72,8 @@ def test_fused_equals_math_on_hf_clip_and_imagebind(tmp_path):
         assert torch.allclose(a, b, rtol=0, atol=1e-10 * b.abs().max()), m.name
 
 
-def test_hf_eager_attention_is_routed_and_restored(tmp_path):
+def test_hf_eager_attention_is_routed_and_restored(tmp_path, monkeypatch):
+    import pyvlmx.jacobian.operator as operator
     from test_models_hf import make_tiny_hf
 
     m = load_model(f"hf:{make_tiny_hf(tmp_path / 'clip', 'clip')}")
@@ -84,6 +85,12 @@ def test_hf_eager_attention_is_routed_and_restored(tmp_path):
         m.encode_image(x)
     assert route.fused == 2                                    # two vision layers
     assert all(c._attn_implementation == "eager" for c in cfgs)
+    # the operator routes it too, and its f0 is the eager forward's, bit for bit
+    monkeypatch.setattr(operator, "fused_available", lambda: True)
+    op = JacobianOperator(m, x[0])
+    assert op.jvp_backend == "fused"
+    with torch.no_grad(), analysis_mode(m):
+        assert torch.equal(op.f0, m.encode_image(x, normalize=True)[0])
 
 
 def test_missing_op_falls_back_to_math_with_one_warning(tiny_clip, monkeypatch):

@@ -132,6 +132,11 @@ class FusedAttentionRoute:
         return f"FusedAttentionRoute(fused={self.fused}, math={self.math})"
 
 
+def has_eager_hf_attention(model) -> bool:
+    """True when the model holds Hugging Face attention configured as "eager" (routed as "sdpa")."""
+    return bool(_hf_configs(model))
+
+
 def _hf_configs(model) -> list:
     """Hugging Face configs reachable from the model's modules whose attention is "eager"."""
     if not isinstance(model, torch.nn.Module):
@@ -148,13 +153,17 @@ def _hf_configs(model) -> list:
 
 
 @contextlib.contextmanager
-def fused_attention(model: torch.nn.Module | None = None) -> Iterator[FusedAttentionRoute]:
+def fused_attention(model: torch.nn.Module | None = None, *, hf_eager: bool = True
+                    ) -> Iterator[FusedAttentionRoute]:
     """Send scaled-dot-product attention through :class:`FusedAttentionJvp` inside the block.
 
     Args:
         model: the model (its Hugging Face configs, if any, are switched
             from "eager" to "sdpa" attention for the block); None patches only
             the SDPA function.
+        hf_eager: switch "eager" Hugging Face attention to "sdpa" (default);
+            False leaves it, so that a forward inside the block is bit-identical
+            to one outside (eager computes its softmax in float32).
 
     Yields:
         a :class:`FusedAttentionRoute` whose ``fused`` / ``math`` count the
@@ -170,7 +179,7 @@ def fused_attention(model: torch.nn.Module | None = None) -> Iterator[FusedAtten
     """
     route = FusedAttentionRoute()
     prev = F.scaled_dot_product_attention
-    configs = _hf_configs(model)
+    configs = _hf_configs(model) if hf_eager else []
     F.scaled_dot_product_attention = route.sdpa
     try:
         for cfg in configs:

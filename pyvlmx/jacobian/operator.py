@@ -27,7 +27,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from pyvlmx.jacobian.fused_attention import fused_attention, fused_available, warn_unavailable
+from pyvlmx.jacobian.fused_attention import (
+    fused_attention, fused_available, has_eager_hf_attention, warn_unavailable,
+)
 from pyvlmx.models.analysis import analysis_mode  # noqa: F401  (re-exported by pyvlmx.jacobian)
 
 JVP_MODES = ("vmap", "batch", "double_vjp")
@@ -132,10 +134,12 @@ class JacobianOperator:
         self.image_shape = tuple(self.x0.shape[1:])
         self.counts = {"jvp": 0, "vjp": 0, "forward": 0, "fused_attention": 0}
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
-        # f0 through the fused route's forward (the math SDPA itself) tells whether any attention is routed
-        with torch.no_grad(), analysis_mode(self._mode_model), fused_attention(self._mode_model) as route:
+        # f0 through the fused route's forward (the math SDPA itself, the same bits) tells whether any
+        # attention is routed
+        with torch.no_grad(), analysis_mode(self._mode_model), \
+                fused_attention(self._mode_model, hf_eager=False) as route:
             f0 = self._f(self.x0)
-        if jvp_backend == "fused" and route.fused == 0:
+        if jvp_backend == "fused" and route.fused == 0 and not has_eager_hf_attention(self._mode_model):
             jvp_backend = "math"             # no attention to route: nothing falls back
         elif jvp_backend == "fused" and not fused_available():
             warn_unavailable()
