@@ -307,6 +307,29 @@ def test_dark_16bit_png_scales_by_the_type_range(tmp_path):
     assert torch.all(x[:, :6] == 1) and torch.all(x[:, 6:] == 1 / 255)
 
 
+def test_folder_reports_tiny_images(tmp_path):
+    root = tmp_path / "data"
+    _write(root / "cat" / "0.png", _rgb(32, 48))
+    _write(root / "dog" / "0.png", _rgb(40, 40))
+    _write(root / "dog" / "dot.png", _rgb(1, 1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ImageFolderDataset(root, image_size=None).small == []  # kept at its own size: nothing to say
+        assert ImageFolderDataset(root, image_size=1).small == []  # not upscaled
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ImageFolderDataset(root, image_size=224)
+    assert ds.small == [(str(root / "dog" / "dot.png"), (1, 1))] and len(ds) == 3  # reported, still used
+    msgs = [str(w.message) for w in caught if "smaller than 32 px" in str(w.message)]
+    assert msgs == [f"{root}: 1 image(s) smaller than 32 px on a side will be upscaled to 224x224 from almost no "
+                    f"detail (see dataset.small): {root / 'dog' / 'dot.png'} (1x1)"]
+    with pytest.warns(UserWarning, match="smaller than 32 px"):
+        assert ImageFolderDataset(root, image_size=224, verify="header").small == ds.small
+
+
 # --- the embedded samples ---------------------------------------------------------------------
 
 def test_samples_dataset(samples):

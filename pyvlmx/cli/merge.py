@@ -17,7 +17,7 @@ def _run(args) -> int:
     from pyvlmx.systematic.store import plan_repair, repair_mixed
 
     if not os.path.isdir(args.dir):
-        raise FileNotFoundError(f"no sweep folder at {args.dir}")
+        raise FileNotFoundError(f"{args.dir} is not a sweep folder (no such folder)")
     with run_lock(args.dir, wait=args.wait):  # no sweep may write while the shards are read or rewritten
         plan = plan_repair(args.dir)
         if plan.drop and (plan.needed or args.repair):

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pyvlmx.checks import MIN_IMAGE_SIDE
 from pyvlmx.data.imagenet import is_imagenet_wnid, wnid_to_name
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -194,6 +195,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         folder_names: the class folder names, same order.
         samples: list of (path, label).
         skipped: list of :class:`Skipped` (path, reason).
+        small: (path, (width, height)) of images kept although a side is
+            under ``pyvlmx.checks.MIN_IMAGE_SIDE`` (32 px) and below
+            ``image_size``; one warning lists them (checked unless
+            ``verify="none"``).
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int | None = None, verify: str = "full",
@@ -209,6 +214,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"dataset path {self.root} is a file, not a folder in the ImageFolder "
                              f"layout root/<class>/<image>")
         self.skipped: list[Skipped] = []
+        self.small: list[tuple[str, tuple[int, int]]] = []  # (path, (width, height)) below MIN_IMAGE_SIDE
         entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         class_dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
         for e in entries:
@@ -236,8 +242,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if len(kept) < min_classes:
             names = [n for n, _ in kept]
             raise ValueError(f"{self.root} has {len(kept)} usable class folder(s) {names}; need at least "
-                             f"{min_classes} (a one-class folder cannot be classified; pass min_classes=1 "
-                             f"to load it anyway)")
+                             f"{min_classes} (a one-class folder cannot be classified: add a folder of "
+                             f"images of at least one more class; from Python, min_classes=1 loads it anyway)")
         self.folder_names = [n for n, _ in kept]
         names = [readable_class_name(n) for n in self.folder_names]
         counts = Counter(names)
@@ -247,6 +253,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self.skipped:
             warnings.warn(f"{self.root}: skipped {len(self.skipped)} file(s)/folder(s) "
                           f"(see dataset.skipped): {self._skip_summary()}", stacklevel=2)
+        if self.small:
+            listed = ", ".join(f"{p} ({w}x{h})" for p, (w, h) in self.small[:3])
+            more = f" and {len(self.small) - 3} more" if len(self.small) > 3 else ""
+            warnings.warn(f"{self.root}: {len(self.small)} image(s) smaller than {MIN_IMAGE_SIDE} px on a side "
+                          f"will be upscaled to {self.image_size}x{self.image_size} from almost no detail (see "
+                          f"dataset.small): {listed}{more}", stacklevel=2)
 
     def _scan_class(self, folder: Path, verify: str) -> list[str]:
         """Image files under ``folder``, in os.walk's top-down sorted order.
@@ -319,21 +331,24 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             stack.extend((d, None) for d in reversed(subdirs))
         return files
 
-    @staticmethod
-    def _check_file(path: Path, verify: str) -> str | None:
+    def _check_file(self, path: Path, verify: str) -> str | None:
+        """Why ``path`` cannot be used (None: it can); notes images too small to upscale well."""
         if verify == "none":
             return None
         if verify == "full":
             try:
-                _open_rgb(path)
+                size = _open_rgb(path).size
             except UnreadableImageError as exc:
                 return str(exc)
-            return None
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except _DECODE_ERRORS as exc:
-            return f"cannot read image {path}: {type(exc).__name__}: {exc}"
+        else:
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+                    im.verify()
+            except _DECODE_ERRORS as exc:
+                return f"cannot read image {path}: {type(exc).__name__}: {exc}"
+        if self.image_size is not None and min(size) < min(MIN_IMAGE_SIDE, self.image_size):
+            self.small.append((str(path), tuple(size)))
         return None
 
     def _skip_summary(self) -> str:
