@@ -142,8 +142,12 @@ def linear_study(tmp_path_factory):
                              "acc_copies": 2, "aligned": True},
                       spectra={"pairs": 2, "k": 4, "method": "exact"},
                       detect={"k": 16, "eot_images": 2, "eot_samples": 2, "eot_steps": 3})
-    study = run_study(cfg, out, progress=False, log=lambda s: None)
-    return cfg, out, study, A, W, data
+    try:
+        study = run_study(cfg, out, progress=False, log=lambda s: None)
+        yield cfg, out, study, A, W, data
+    finally:   # leave the registry as the other tests know it
+        from pyvlmx.models import registry
+        registry._FAMILIES.pop("study-linear", None)
 
 
 def test_linear_study_noise_holds_at_every_sigma(linear_study):
