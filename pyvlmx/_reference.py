@@ -29,6 +29,7 @@ __all__ = [
     "projected_step", "psnr", "ssim", "gaussian_window",
     "moments_update", "moments_merge",
     "philox4x32", "omega", "sketch", "sketch_t", "sketch_backward",
+    "check_attention_jvp", "attention_jvp",
 ]
 
 STEP_MODES = ("raw", "sign", "l2")
@@ -510,3 +511,113 @@ def sketch_backward(grad: torch.Tensor, size: int, seed: int, kind: str, row_off
     r = grad.shape[1] if not transpose else grad.shape[0]
     om = omega(size, r, seed, kind, row_offset, dtype=grad.dtype, device=grad.device)
     return grad @ om.T if not transpose else om @ grad
+
+
+# ----------------------------------------------------------------------------
+# 5. attention JVP (many tangents, one primal)
+# ----------------------------------------------------------------------------
+
+def _shape_or_type(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_attention_jvp(q, k, v, tq, tk, tv, attn_mask=None, scale: float = 1.0) -> None:
+    """The argument checks of ``pyvlmx::attention_jvp`` (same conditions and wording as C++)."""
+    op = "attention_jvp"
+    for name, t in (("q", q), ("k", k), ("v", v), ("tq", tq), ("tk", tk), ("tv", tv)):
+        _check_float(op, name, t)
+    for name, t, d in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("tq", tq, 5)):
+        if t.dim() != d:
+            raise ValueError(f"{op}: {name} must have {d} dimensions, got shape {tuple(t.shape)}")
+    B, H, N, E = q.shape
+    M = k.shape[2]
+    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != E:
+        raise ValueError(f"{op}: k must have shape (B, H, M, E) = ({B}, {H}, M, {E}) to match q "
+                         f"{tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[0] != B or v.shape[1] != H or v.shape[2] != M:
+        raise ValueError(f"{op}: v must have shape (B, H, M, Ev) = ({B}, {H}, {M}, Ev) to match "
+                         f"q and k, got {tuple(v.shape)}")
+    if M < 1:
+        raise ValueError(f"{op}: k must have at least one key (M >= 1), got shape {tuple(k.shape)}")
+    if E < 1:
+        raise ValueError(f"{op}: q must have head dim E >= 1, got shape {tuple(q.shape)}")
+    T = tq.shape[0]
+    for name, t, p, pname in (("tq", tq, q, "q"), ("tk", tk, k, "k"), ("tv", tv, v, "v")):
+        if t.dim() != 5 or t.shape[0] != T or t.shape[1:] != p.shape:
+            raise ValueError(f"{op}: {name} must have shape ({T}, {', '.join(map(str, p.shape))}) "
+                             f"(T = tq.shape[0], {pname}.shape), got {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v), ("tq", tq), ("tk", tk), ("tv", tv)):
+        _check_same_dtype_device(op, name, t, q)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be a finite float, got {scale!r}")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"{op}: attn_mask must be a tensor or None, got "
+                            f"{type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            raise TypeError(f"{op}: attn_mask must be bool or have q's dtype {q.dtype}, "
+                            f"got {attn_mask.dtype}")
+        if attn_mask.device != q.device:
+            raise ValueError(f"{op}: attn_mask must be on {q.device}, got {attn_mask.device}")
+        target = (B, H, N, M)
+        shape = tuple(attn_mask.shape)
+        if len(shape) > 4 or any(s not in (1, w) for s, w in zip(reversed(shape), reversed(target))):
+            raise ValueError(f"{op}: attn_mask must be broadcastable to (B, H, N, M) = {target}, "
+                             f"got shape {shape}")
+
+
+def _check_same_dtype_device(op: str, name: str, t: torch.Tensor, q: torch.Tensor) -> None:
+    if t.dtype != q.dtype:
+        raise TypeError(f"{op}: q and {name} must have the same dtype, got {q.dtype} and {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{op}: q and {name} must be on the same device, "
+                         f"got {q.device} and {t.device}")
+
+
+def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  tq: torch.Tensor, tk: torch.Tensor, tv: torch.Tensor,
+                  attn_mask: torch.Tensor | None = None, scale: float | None = None,
+                  is_causal: bool = False):
+    """Attention and its JVP along T tangents; twin of ``torch.ops.pyvlmx.attention_jvp``.
+
+    Dense formulas, one head, tangent t (see csrc/ops/attention_jvp.cpp)::
+
+        S  = scale q k^T + mask          P = softmax(S)        O  = P v
+        S' = scale (q'_t k^T + q k'_t^T)  mu = rowsum(P * S')
+        O' = (P * S') v - mu O + P v'_t
+
+    A bool mask keeps True entries; is_causal masks key j > query i (top-left,
+    as torch's SDPA); a row with every key masked gives O = O' = 0.
+
+    Args:
+        q (B, H, N, E), k (B, H, M, E), v (B, H, M, Ev): primals.
+        tq (T, B, H, N, E), tk (T, B, H, M, E), tv (T, B, H, M, Ev): tangents.
+        attn_mask: None, bool or additive float, broadcastable to (B, H, N, M).
+        scale: factor of q k^T; None means 1/sqrt(E).
+        is_causal: top-left causal mask.
+
+    Returns:
+        (out (B, H, N, Ev), tout (T, B, H, N, Ev)) in q's dtype.
+    """
+    if scale is None and isinstance(q, torch.Tensor) and q.dim() == 4:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    check_attention_jvp(q, k, v, tq, tk, tv, attn_mask, scale)
+    N, M = q.shape[2], k.shape[2]
+    s = scale * (q @ k.transpose(-1, -2))
+    keep = torch.ones(N, M, dtype=torch.bool, device=q.device)
+    if is_causal:
+        keep = keep.tril()
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            keep = keep & attn_mask
+        else:
+            s = s + attn_mask
+    s = s.masked_fill(~keep, float("-inf"))
+    dead = (s == float("-inf")).all(dim=-1, keepdim=True)  # rows with every key masked
+    p = torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    out = p @ v
+    sp = scale * (tq @ k.transpose(-1, -2) + q @ tk.transpose(-1, -2))  # (T, B, H, N, M)
+    w = torch.where(s == float("-inf"), 0.0, p * sp)  # S' is zero where masked
+    mu = w.sum(dim=-1, keepdim=True)
+    tout = w @ v - mu * out + p @ tv
+    return out, tout

@@ -17,6 +17,7 @@ FakeTensor / torch.compile) and autograd formulas are registered here.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -26,7 +27,7 @@ from pyvlmx._ext import has_ops, warn_if_unusable
 
 __all__ = [
     "projected_step", "psnr", "ssim", "StreamingMoments",
-    "sketch", "sketch_t", "omega", "compiled",
+    "sketch", "sketch_t", "omega", "attention_jvp", "compiled",
 ]
 
 Number = Union[float, int]
@@ -371,6 +372,106 @@ def omega(n: int, r: int, seed: int, kind: str = "gaussian", row_offset: int = 0
 
 
 # ----------------------------------------------------------------------------
+# attention JVP
+# ----------------------------------------------------------------------------
+
+def attention_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  tq: torch.Tensor, tk: torch.Tensor, tv: torch.Tensor, *,
+                  scale: Optional[float] = None, attn_mask: Optional[torch.Tensor] = None,
+                  is_causal: bool = False):
+    """Scaled dot-product attention and its JVP along T tangents, in one call.
+
+    The T tangents share the primal's scores, softmax, row maxima and
+    denominators; the (T, B, H, N, M) tensor of tangent scores that
+    ``torch.func.jvp`` over SDPA builds is never formed.  Math, one head,
+    tangent t::
+
+        S  = scale q k^T (+ mask)          P = softmax(S)       O = P v
+        S' = scale (q'_t k^T + q k'_t^T)   (zero where masked)
+        mu = rowsum(P * S')
+        O' = (P * S') v - mu O + P v'_t
+
+    ``torch.vmap`` over the tangents (primals unbatched) runs as one call with
+    the vmapped dimension merged into T (see the vmap rule below), so
+    ``vmap(jvp)``-style code reaches the fused kernel.  Not differentiable
+    (it is itself derivative code): backward through it raises.
+
+    Args:
+        q: (B, H, N, E) queries.  k: (B, H, M, E) keys.  v: (B, H, M, Ev) values.
+        tq, tk, tv: tangents (T, B, H, N, E), (T, B, H, M, E), (T, B, H, M, Ev);
+            T may be 0.
+        scale: factor of q k^T; None means 1/sqrt(E) (torch's SDPA default).
+        attn_mask: bool (True = keep) or additive float of q's dtype,
+            broadcastable to (B, H, N, M), as in
+            ``torch.nn.functional.scaled_dot_product_attention``.
+        is_causal: mask key j > query i (top-left aligned, as SDPA).  May be
+            combined with attn_mask.
+
+    Returns:
+        (out (B, H, N, Ev), tout (T, B, H, N, Ev)).  A row whose keys are all
+        masked gives 0 in both (torch's safe softmax).  CPU: float32/float64;
+        CUDA: float32/float16/bfloat16 with float32 accumulation, E, Ev <= 128.
+
+    Example:
+        >>> q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+        >>> tq, tk, tv = (torch.randn(3, 1, 2, 5, 8) for _ in range(3))
+        >>> out, tout = attention_jvp(q, k, v, tq, tk, tv)
+        >>> tuple(tout.shape)
+        (3, 1, 2, 5, 8)
+
+    Reference: the forward-mode rule of softmax attention; online softmax as
+    in Dao et al., "FlashAttention" (NeurIPS 2022).
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"attention_jvp: q must have shape (B, H, N, E), got "
+                         f"{ref._shape_or_type(q)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"attention_jvp: is_causal must be a bool, got {type(is_causal).__name__}")
+    if isinstance(scale, torch.Tensor) or isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"attention_jvp: scale must be a float or None, got {type(scale).__name__}")
+    ref.check_attention_jvp(q, k, v, tq, tk, tv, attn_mask, float(scale))
+    op = _op("attention_jvp")
+    if op is None:
+        return ref.attention_jvp(q, k, v, tq, tk, tv, attn_mask, float(scale), is_causal)
+    return op(q, k, v, tq, tk, tv, attn_mask, float(scale), is_causal)
+
+
+def _attention_jvp_vmap(info, in_dims, q, k, v, tq, tk, tv, attn_mask, scale, is_causal):
+    """vmap rule of pyvlmx::attention_jvp.
+
+    Tangents batched, primals and mask not: the vmapped dimension moves to the
+    front of each tangent and merges with T, so the whole vmap is one call with
+    T' = batch_size * T; tout comes back as (batch, T, B, H, N, Ev).  When a
+    primal or the mask is batched, the op runs once per batch entry.
+    """
+    qd, kd, vd, tqd, tkd, tvd, md = in_dims[:7]
+    n = info.batch_size
+    op = torch.ops.pyvlmx.attention_jvp
+    if qd is None and kd is None and vd is None and md is None:
+        def merged(t, d):
+            t = t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(n, *t.shape)
+            return t.reshape(n * t.shape[1], *t.shape[2:])
+
+        T = tq.shape[1 if tqd == 0 else 0]  # the op's own T (logical dim 0 of tq)
+        mq, mk, mv = merged(tq, tqd), merged(tk, tkd), merged(tv, tvd)
+        out, tout = op(q, k, v, mq, mk, mv, attn_mask, scale, is_causal)
+        return (out, tout.reshape(n, T, *tout.shape[1:])), (None, 0)
+
+    def pick(t, d, i):
+        return t if d is None or t is None else t.select(d, i)
+
+    outs, touts = [], []
+    for i in range(n):
+        o, to = op(pick(q, qd, i), pick(k, kd, i), pick(v, vd, i), pick(tq, tqd, i),
+                   pick(tk, tkd, i), pick(tv, tvd, i), pick(attn_mask, md, i), scale, is_causal)
+        outs.append(o)
+        touts.append(to)
+    return (torch.stack(outs), torch.stack(touts)), (0, 0)
+
+
+# ----------------------------------------------------------------------------
 # fake kernels and autograd (only when the compiled ops exist)
 # ----------------------------------------------------------------------------
 
@@ -447,6 +548,27 @@ def _register() -> None:
         @torch.library.register_fake("pyvlmx::_omega_out")
         def _(out, seed, kind, row_offset):
             return None
+
+    if compiled("attention_jvp"):
+        @torch.library.register_fake("pyvlmx::attention_jvp")
+        def _(q, k, v, tq, tk, tv, attn_mask, scale, is_causal):
+            B, H, N, _ = q.shape
+            Ev = v.shape[-1]
+            return q.new_empty(B, H, N, Ev), q.new_empty(tq.shape[0], B, H, N, Ev)
+
+        torch.library.register_vmap("pyvlmx::attention_jvp", _attention_jvp_vmap)
+
+        def ajvp_setup(ctx, inputs, output):
+            pass
+
+        def ajvp_backward(ctx, grad_out, grad_tout):
+            raise NotImplementedError(
+                "attention_jvp: backward is not implemented (the op is forward-mode "
+                "derivative code); differentiate torch.nn.functional.scaled_dot_product_attention "
+                "or pyvlmx._reference.attention_jvp instead")
+
+        torch.library.register_autograd("pyvlmx::attention_jvp", ajvp_backward,
+                                        setup_context=ajvp_setup)
 
 
 _register()
