@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks._common import collect, metadata, write_results
 
-MODULES = ["kernels", "attack", "spectra"]
+MODULES = ["kernels", "attack", "spectra", "jvp"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYVLMX_CUDA=1 MAX_JOBS=${MAX_J
   $PY setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 
 stamp "CUDA tests (CUDA against CPU)"
-OPS="tests/test_ops_projected_step.py tests/test_ops_image_quality.py tests/test_ops_moments.py tests/test_ops_sketch.py"
+OPS="tests/test_ops_projected_step.py tests/test_ops_image_quality.py tests/test_ops_moments.py tests/test_ops_sketch.py tests/test_ops_attention_jvp.py"
 $PY -m pytest -q -p no:cacheprovider $OPS tests/test_attacks.py -m needs_cuda 2>&1 | tee "$OUT/tests_cuda.log" | tail -15
 # the error-message tests in their own process: a crash there must not hide the rest
 $PY -m pytest -q -p no:cacheprovider $OPS -k "not errors and not samples" 2>&1 | tee "$OUT/tests_ops.log" | tail -5
@@ -50,6 +50,8 @@ $PY -m pytest -q -p no:cacheprovider $OPS -k "errors" 2>&1 | tee "$OUT/tests_err
 
 stamp "GPU benchmarks"
 $PY -m benchmarks.bench_kernels --device cuda --out "$OUT" 2>&1 | tail -30
+# batched JVPs: fused attention_jvp against vmap(jvp) over math SDPA (T = 1, 16, 64)
+$PY -m benchmarks.bench_jvp --device cuda --out "$OUT" 2>&1 | tail -12
 PYVLMX_BENCH_MODEL=open_clip:ViT-B-32 PYVLMX_BENCH_PARTS=step,batched \
   $PY -m benchmarks.bench_attack --device cuda --out "$OUT" 2>&1 | tail -10
 stamp "done"
