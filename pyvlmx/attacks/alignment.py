@@ -82,10 +82,13 @@ class EmbeddingAlignment(Attack):
         >>> from pyvlmx.models import load_model
         >>> m = load_model("open_clip:pyvlmx-tiny-vit", seed=0)
         >>> W = m.class_embeddings(["cat", "dog", "car"])
-        >>> atk = EmbeddingAlignment(m, optimizer="sign", eps=8 / 255)
-        >>> res = atk.run(torch.rand(2, 3, 32, 32), target_classes=torch.tensor([1, 2]), class_weights=W)
-        >>> res.images.shape, res.success.dtype
-        (torch.Size([2, 3, 32, 32]), torch.bool)
+        >>> atk = EmbeddingAlignment(m, optimizer="sign", eps=8 / 255, max_steps=10)
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> res = atk.run(x, target_classes=torch.tensor([1, 2]), class_weights=W)
+        >>> res.images.shape, bool((res.images - x).abs().max() <= 8 / 255 + 1e-6)
+        (torch.Size([2, 3, 32, 32]), True)
+        >>> all(r["steps"] <= 10 for r in res.records)
+        True
     """
 
     name = "embedding-alignment"
