@@ -7,7 +7,9 @@ arXiv 2402.08473) run as compiled C++ (CPU, OpenMP-parallel) and CUDA kernels:
 * :func:`psnr`, :func:`ssim` - batched image quality, SSIM differentiable;
 * :class:`StreamingMoments` - running mean and covariance of embeddings;
 * :func:`sketch`, :func:`sketch_t`, :func:`omega` - products with a random
-  Gaussian/Rademacher matrix generated inside the kernel (never stored).
+  Gaussian/Rademacher matrix generated inside the kernel (never stored);
+* :func:`attention_jvp` - attention and its forward-mode derivative along T
+  tangents that share one primal softmax (with a vmap rule over tangents).
 
 Every op has a pure-torch twin in :mod:`pyvlmx._reference`.  When the compiled
 extension did not load, these wrappers use the twins after one warning (see
