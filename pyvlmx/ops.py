@@ -1,6 +1,6 @@
 """Public wrappers of the compiled ops of ``pyvlmx._C`` (``torch.ops.pyvlmx.*``).
 
-Four families of inner operations of the evaluation (Salman et al.,
+Five families of inner operations of the evaluation (Salman et al.,
 arXiv 2402.08473) run as compiled C++ (CPU, OpenMP-parallel) and CUDA kernels:
 
 * :func:`projected_step` - the fused step of the embedding-alignment attack;
