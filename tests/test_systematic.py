@@ -268,7 +268,19 @@ def test_cli_align_and_errors(folder, tmp_path, capsys):
     assert main(["align", "--image", img, "--target", "zebra"] + common) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["record"]["success"] and m["record"]["pred_after_name"] == "zebra"
-    assert (out / "side_by_side.png").stat().st_size > 1000 and (out / "aligned.png").exists()
+    # the saved PNG is the recorded result: its PSNR and L-inf against the original are the record's
+    from pyvlmx import ops
+    from pyvlmx.data import load_image
+
+    x0, adv = load_image(img)[None], load_image(out / "aligned.png")[None]
+    if m["record"]["psnr"] is not None:
+        assert float(ops.psnr(adv, x0)) == pytest.approx(m["record"]["psnr"], abs=1e-3)
+    assert float((adv - x0).abs().max()) == pytest.approx(m["record"]["linf"], abs=1e-6)
+    assert m["record"]["linf"] <= 32 / 255 + 1e-6
+    from PIL import Image
+
+    with Image.open(out / "side_by_side.png") as fig:  # three panels side by side: 12 x 4.4 inches at 110 dpi
+        assert fig.size == (1320, 484)
     printed = capsys.readouterr().out
     psnr = m["record"]["psnr"]
     assert f"PSNR {'inf' if psnr is None else format(psnr, '.2f')} dB" in printed
