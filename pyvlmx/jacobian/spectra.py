@@ -55,7 +55,7 @@ def stable_rank(s: torch.Tensor | Sequence[float]) -> float:
 def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "exact", *,
              normalize: bool = True, oversample: int = 10, power_iters: int = 2, seed: int = 0,
              chunk_size: int | None = None, jvp_mode: str = "vmap", vjp_mode: str = "loop",
-             operator: JacobianOperator | None = None) -> dict:
+             operator: JacobianOperator | None = None, jvp_backend: str = "fused") -> dict:
     """Singular values of ``J = d encode_image / d pixels`` at one image.
 
     Args:
@@ -76,7 +76,9 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
             flat spectrum such as a randomly initialised ViT-B-32's, 6-7
             iterations gave the top 16 to 4e-4 .. 2e-5 at 2.6x .. 2.1x the
             speed of the exact route).
-        chunk_size, jvp_mode, vjp_mode: passed to :class:`JacobianOperator`.
+        chunk_size, jvp_mode, vjp_mode, jvp_backend: passed to
+            :class:`JacobianOperator` (``jvp_backend="fused"``: attention JVPs
+            through ``ops.attention_jvp``; ``"math"``: the reference).
         operator: reuse an existing operator at this image.
 
     Returns:
@@ -98,7 +100,7 @@ def spectrum(model, image: torch.Tensor, k: int | None = None, method: str = "ex
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     op = operator or JacobianOperator(model, image, normalize=normalize, chunk_size=chunk_size,
-                                      jvp_mode=jvp_mode, vjp_mode=vjp_mode)
+                                      jvp_mode=jvp_mode, vjp_mode=vjp_mode, jvp_backend=jvp_backend)
     before = dict(op.counts)
     D, P = op.shape
     if k is None and method != "exact":
