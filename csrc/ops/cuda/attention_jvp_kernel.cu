@@ -164,15 +164,22 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
 
     const int64_t gj = j0 + lane;
+    const float* qw = sQ + warp * kRows * D;  // this warp's rows of q
+    const float* kr = sK + lane * LDK;        // this lane's key
+    float qk[kRows];
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) qk[i] = 0.f;
+    for (int e = 0; e < E; ++e) {
+      const float ke = kr[e];
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) qk[i] = fmaf(qw[i * D + e], ke, qk[i]);
+    }
     float pt[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int r = warp * kRows + i;
       const int64_t gi = q0 + r;
-      const float* qr = sQ + r * D;
-      const float* kr = sK + lane * LDK;
-      float s = 0.f;
-      for (int e = 0; e < E; ++e) s = fmaf(qr[e], kr[e], s);
+      float s = qk[i];
       const bool valid = gi < N && gj < M && !(p.causal && gj > gi);
       s *= p.scale;
       if (valid && p.mask != nullptr)
@@ -218,19 +225,22 @@ __global__ void __launch_bounds__(kThreads)
         load_tile<T, kBN, D>(sKt, LDK, p.tk + tbh * M * E, E, j0, M, E);
         load_tile<T, kBN, D>(sVt, D, p.tv + tbh * M * Ev, Ev, j0, M, Ev);
         __syncthreads();
-        const float* qt_tile = sQt + tt * kBM * D;
+        const float* qtw = sQt + (tt * kBM + warp * kRows) * D;  // this warp's rows of q'
+        const float* ktr = sKt + lane * LDK;                     // this lane's key tangent
+        float sp[kRows];
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) sp[i] = 0.f;
+        for (int e = 0; e < E; ++e) {
+          const float ke = kr[e], kte = ktr[e];
+#pragma unroll
+          for (int i = 0; i < kRows; ++i)
+            sp[i] = fmaf(qtw[i * D + e], ke, fmaf(qw[i * D + e], kte, sp[i]));
+        }
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
-          const int r = warp * kRows + i;
-          const float* qr = sQ + r * D;
-          const float* qtr = qt_tile + r * D;
-          const float* kr = sK + lane * LDK;
-          const float* ktr = sKt + lane * LDK;
-          float sp = 0.f;
-          for (int e = 0; e < E; ++e) sp = fmaf(qtr[e], kr[e], fmaf(qr[e], ktr[e], sp));
-          const float w = pt[i] * (p.scale * sp);  // 0 where masked (P~ = 0)
+          const float w = pt[i] * (p.scale * sp[i]);  // 0 where masked (P~ = 0)
           nu[tt][i] += w;
-          sW[r * kBN + lane] = w;
+          sW[(warp * kRows + i) * kBN + lane] = w;
         }
         __syncwarp();
         for (int j = 0; j < kBN; ++j) {
