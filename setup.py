@@ -1,4 +1,4 @@
-"""Build pyvlmx and its compiled core ``pyvlmx._C``.
+"""Build pyvlmx's compiled core ``pyvlmx._C`` (the package metadata lives in pyproject.toml).
 
 C++ sources under ``csrc/`` are always compiled.  CUDA sources (``*.cu``) are
 compiled when torch was built with CUDA and a CUDA toolkit is found.  The
@@ -9,7 +9,19 @@ environment variable ``PYVLMX_CUDA`` switches this:
 * ``0`` / ``off``: C++ only.
 
 ``FORCE_CUDA=1`` and ``USE_CUDA=0`` are honoured as aliases.  Whether a GPU is
-visible never matters: build machines usually have none.
+visible never decides whether CUDA is built: build machines usually have none.
+
+GPU architectures: ``TORCH_CUDA_ARCH_LIST`` when set.  Unset, torch compiles
+for the GPUs it sees; with none visible (a build machine) torch's detection
+would fail, so the default ``DEFAULT_CUDA_ARCH_LIST`` = ``7.5;8.0;9.0+PTX`` is
+used and printed: Turing (T4), Ampere and Ada (sm_80 code runs on 8.6/8.9),
+Hopper, and PTX that the driver compiles for newer GPUs (Blackwell).
+
+Incremental builds: object files go to ``build/temp.<platform>-<python>``
+(``PYVLMX_BUILD_TEMP`` overrides), also for ``pip install -e .``, whose own
+temporary folder would otherwise rebuild everything every time; ninja then
+recompiles only the sources (and headers, through its dependency files) that
+changed.
 """
 
 from __future__ import annotations
@@ -19,10 +31,13 @@ import os
 import re
 import shutil
 import sys
+import sysconfig
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Used when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (see the docstring).
+DEFAULT_CUDA_ARCH_LIST = "7.5;8.0;9.0+PTX"
 
 
 def _real_nvcc() -> str | None:
@@ -113,6 +128,10 @@ def _extension():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "ops", "cuda", "*.cu")))
     cuda_sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 
+    # headers: a change to one rebuilds the extension (setuptools' up-to-date check), and
+    # ninja's dependency files then recompile only the sources that include it
+    depends = sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                     + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx = ["-O3", "-fopenmp"]
     if sys.platform == "darwin":
@@ -121,6 +140,10 @@ def _extension():
     extra_link_args = [] if sys.platform == "darwin" else ["-fopenmp"]
 
     if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+            print(f"pyvlmx: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling CUDA code for "
+                  f"TORCH_CUDA_ARCH_LIST={DEFAULT_CUDA_ARCH_LIST} (set it to choose)")
         # The toolkit may lack cuBLAS/cuSPARSE headers that ATen's CUDA headers
         # pull in; the pip nvidia-* wheels next to torch carry them.
         import site
@@ -135,6 +158,7 @@ def _extension():
         return CUDAExtension(
             "pyvlmx._C",
             sources + cuda_sources,
+            depends=depends,
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
@@ -143,6 +167,7 @@ def _extension():
     return CppExtension(
         "pyvlmx._C",
         sources,
+        depends=depends,
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx},
@@ -150,17 +175,24 @@ def _extension():
     ), False
 
 
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension, with object files kept in build/ also for editable installs."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False) or self.inplace:
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            self.build_temp = os.environ.get("PYVLMX_BUILD_TEMP") or os.path.join(ROOT, "build", f"temp.{tag}")
+
+
 ext, WITH_CUDA = _extension()
 print(f"pyvlmx: building pyvlmx._C with CUDA={'yes' if WITH_CUDA else 'no'} "
-      f"(CUDA_HOME={_CUDA_HOME}, torch {torch.__version__}, torch CUDA {torch.version.cuda})")
+      f"(CUDA_HOME={_CUDA_HOME}, torch {torch.__version__}, torch CUDA {torch.version.cuda}"
+      + (f", TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')}" if WITH_CUDA else "")
+      + ")")
 
+# Name, version, dependencies, entry point and package data: pyproject.toml.
 setup(
-    name="pyvlmx",
-    version="0.1.0",
-    packages=find_packages(include=["pyvlmx", "pyvlmx.*"]),
-    package_data={"pyvlmx": ["data/*.json", "data/*.txt", "models/configs/*.json"]},
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["pyvlmx = pyvlmx.cli:main"]},
-    python_requires=">=3.10",
+    cmdclass={"build_ext": _BuildExt},
 )
