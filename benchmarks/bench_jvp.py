@@ -143,7 +143,8 @@ def encoders(quick: bool, device: str) -> Iterable[dict]:
     vmapped call).  fused: ``jvp_backend="fused"`` (every attention layer one
     ``ops.attention_jvp`` call with the T tangents); baseline: ``"math"``
     (torch.func over math SDPA).  ``PYVLMX_BENCH_JVP_ENCODERS`` (comma-separated
-    open_clip architectures) replaces the two towers; quick: the tiny ViT.
+    open_clip architectures) replaces the two towers and ``PYVLMX_BENCH_JVP_ENCODER_T``
+    (comma-separated) the T values; quick: the tiny ViT.
     """
     import os
 
@@ -158,7 +159,8 @@ def encoders(quick: bool, device: str) -> Iterable[dict]:
         model = load_model(f"open_clip:{arch}", pretrained=None, seed=0, device=device)
         g = torch.Generator().manual_seed(0)
         x0 = torch.rand(3, model.image_size, model.image_size, generator=g).to(device)
-        for T in ((1, 4) if quick else T_VALUES):
+        t_env = os.environ.get("PYVLMX_BENCH_JVP_ENCODER_T")
+        for T in ((1, 4) if quick else tuple(int(t) for t in t_env.split(",")) if t_env else T_VALUES):
             fused_op = JacobianOperator(model, x0, jvp_mode="vmap", chunk_size=T, jvp_backend="fused")
             math_op = JacobianOperator(model, x0, jvp_mode="vmap", chunk_size=T, jvp_backend="math")
             V = torch.randn(fused_op.shape[1], T, generator=g).to(device)
