@@ -151,7 +151,7 @@ def run(quick: bool, device: str):
             err = relative_error(box["s"], ref[:k])
             mode = {"row-streaming": "r=4k+1", "krylov": f"block={k}, q={q}",
                     "single-pass": f"r={q}, s={2 * q + 1}"}.get(route, f"q={q}")
-            row = {"model": name, "route": route, "mode": f"{mode}, vjp={best_vmode}",
+            row = {"model": name, "route": route, "mode": f"{mode}, vjp={best_vmode}, jvp={op.jvp_backend}",
                    "k": k, "products": box["products"], "median_s": t["median"], "iqr_s": t["iqr"], "speedup_vs_exact": base / t["median"],
                    "rel_err_top16": err}
             if route in ("randomized", "krylov") and "ViT-B-32" in name:
