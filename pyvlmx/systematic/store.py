@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from pyvlmx.errors import UserError
+from pyvlmx import io
 from pyvlmx.io import atomic_write_text  # noqa: F401 (the one atomic writer; store.atomic_write_text is API)
 
 SHARD_DIR = "shards"
@@ -36,19 +37,9 @@ SUMMARY_NAME = "summary.json"
 TIMING_FIELDS = ("wall_s",)
 
 
-def _clean(value):
-    """JSON has no inf/nan: map non-finite floats to None (documented per field)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def dumps(record: dict) -> str:
-    return json.dumps(_clean(record), allow_nan=False, sort_keys=True)
+    """One record as one compact JSON line: :func:`pyvlmx.io.dumps`' policy (non-finite -> null), sorted keys."""
+    return io.dumps(record, sort_keys=True)
 
 
 def shard_path(out_dir: str | os.PathLike, rank: int, world: int) -> Path:
