@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 from pyvlmx.cli._common import add_command
 from pyvlmx.info import environment
+from pyvlmx.io import dumps
 
 
 def _run_info(args) -> int:
     env = environment()
     if args.json:
-        print(json.dumps(env, indent=2))
+        print(dumps(env, indent=2))
         return 0
     print("pyvlmx environment")
     for k, v in env["versions"].items():
