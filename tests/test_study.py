@@ -161,6 +161,9 @@ def test_linear_study_noise_holds_at_every_sigma(linear_study):
             # J = A at every image and sigma: only sampling separates C_emp from sigma^2 A A^T
             assert row["holds"] and row["ratio"] < 2, row["sigma"]
             assert row["mean_shift_ratio"] < 4
+            # and per sample: f(x0 + e) - f(x0) = J e exactly, up to float32 rounding
+            lin = row["linearisation"]
+            assert lin["n"] == cfg.noise.linearisation > 0 and lin["p90"] < 1e-3, lin
         assert res["sigma_breaks"] is None and res["sigma_linear_max"] == max(cfg.noise.sigmas)
         assert torch.allclose(torch.tensor(res["jacobian"]["top_eigenvalues_JJt"], dtype=torch.float64),
                               ev[:len(res["jacobian"]["top_eigenvalues_JJt"])], rtol=1e-4)

@@ -47,4 +47,13 @@ void check_sketch(const char* op, const at::Tensor& A, int64_t r, int64_t row_of
 // 2^20 on CUDA (fewer, larger GEMMs).
 int64_t sketch_tile_rows(int64_t r, bool cuda = false);
 
+// ---- attention_jvp ---------------------------------------------------------
+// Shapes, dtypes, devices and the mask's broadcast; the mask as an additive
+// float tensor broadcastable to (B, H, N, M) (-inf where a boolean mask is False).
+void check_attention_jvp(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& tq, const at::Tensor& tk, const at::Tensor& tv,
+                         const c10::optional<at::Tensor>& attn_mask, double scale);
+at::Tensor attention_jvp_additive_mask(const c10::optional<at::Tensor>& attn_mask,
+                                       const at::Tensor& q, int64_t M, at::ScalarType dtype);
+
 }  // namespace pyvlmx

@@ -37,6 +37,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/op_args.h"
 
 namespace pyvlmx {
 

@@ -33,7 +33,7 @@ def _run(args) -> int:
     for i, name in enumerate(names[: cfg.images]):
         print(f"[noise] {name}: {len(sigmas)} sigmas x {cfg.n} copies")
         r = noise_statistics(model, imgs[i], sigmas, cfg.n, batch_size=cfg.batch_size, clamp=cfg.clamp,
-                             seed=cfg.seed, progress=True)
+                             seed=cfg.seed, progress=True, linearisation=cfg.linearisation)
         r["image"] = name
         stem = Path(name).stem
         write_json(out / f"noise_{stem}.json", r)
@@ -41,9 +41,11 @@ def _run(args) -> int:
         plot_qq(r, out / f"noise_{stem}_qq.png")
         results.append(r)
         for row in r["per_sigma"]:
+            lin = row.get("linearisation")
+            rho = f"  rho median={lin['median']:.3g} p90={lin['p90']:.3g}" if lin else ""
             print(f"  sigma={row['sigma'] * 255:8.4f}/255  rel_fro={row['rel_fro']:.4f}  "
                   f"sampling={row['sampling_error']:.4f}  ratio={row['ratio']:6.2f}  "
-                  f"{'holds' if row['holds'] else 'BREAKS'}")
+                  f"{'holds' if row['holds'] else 'BREAKS'}{rho}")
         print(f"  linear up to sigma={r['sigma_linear_max']}, breaks at {r['sigma_breaks']}")
     summary = {"model": model.name, "images": [r["image"] for r in results],
                "sigma_linear_max": [r["sigma_linear_max"] for r in results],

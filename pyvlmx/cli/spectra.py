@@ -34,7 +34,7 @@ def _run(args) -> int:
     if args.sweep:
         orig, al, _, _, recs = load_aligned_pairs(args.sweep, model.image_size, args.max_images)
         r = compare_spectra(model, orig, al, k=cfg.k, method=cfg.method if cfg.method != "all" else "exact",
-                            power_iters=cfg.power_iters, oversample=cfg.oversample,
+                            power_iters=cfg.power_iters, oversample=cfg.oversample, jvp_backend=cfg.jvp_backend,
                             names=[str(x["pair_id"]) for x in recs], progress=True)
         write_json(out / "spectra_compare.json", r)
         plot_compare_spectra(r, out / "spectra_compare.png")
@@ -50,7 +50,8 @@ def _run(args) -> int:
         res = []
         for m in methods:
             k = cfg.k if (m != "exact" or cfg.k) else None
-            r = spectrum(model, imgs[i], k=k, method=m, power_iters=cfg.power_iters, oversample=cfg.oversample)
+            r = spectrum(model, imgs[i], k=k, method=m, power_iters=cfg.power_iters, oversample=cfg.oversample,
+                         jvp_backend=cfg.jvp_backend)
             r["image"] = name
             res.append(r)
             print(f"{name} {m:10s} {r['wall_time_s']:7.2f}s  top: "

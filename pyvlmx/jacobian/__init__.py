@@ -1,4 +1,4 @@
-"""Jacobian of the image embedding: operator, exact / randomized / streaming spectra.
+"""Jacobian of the image embedding: operator (fused attention JVPs), exact / randomized / Krylov / single-pass spectra.
 
 Example:
     >>> import torch
@@ -10,9 +10,10 @@ Example:
     (8, 32, 3072)
 """
 
+from pyvlmx.jacobian.fused_attention import fused_attention  # noqa: F401
 from pyvlmx.jacobian.operator import (  # noqa: F401
-    JVP_MODES, VJP_MODES, JacobianOperator, analysis_mode, block_krylov_svd, exact_svd, randomized_range_svd,
-    streaming_svd,
+    JVP_BACKENDS, JVP_MODES, VJP_MODES, JacobianOperator, analysis_mode, block_krylov_svd, exact_svd,
+    randomized_range_svd, row_streaming_svd, single_pass_svd, streaming_svd,
 )
 from pyvlmx.jacobian.plots import plot_compare_spectra, plot_spectra  # noqa: F401
 from pyvlmx.jacobian.spectra import (  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pyvlmx.jacobian.operator import JVP_BACKENDS
 from pyvlmx.jacobian.spectra import METHODS
 
 # Paired tests over original/aligned pairs (Wilcoxon, permutation) need two.
@@ -19,14 +20,20 @@ class SpectraConfig:
     k: int | None = field(default=16, metadata={
         "help": "singular values per image (needed unless the method is exact)"})
     method: str = field(default="randomized", metadata={
-        "help": "route: exact (D VJPs), randomized, krylov, vjp, single-pass, row-streaming, streaming; "
+        "help": "route: exact (D VJPs), randomized (HMT), krylov (block Krylov), vjp, single-pass (TYUC: 2r + s "
+                "independent products), row-streaming (D VJPs, streamed), streaming (= row-streaming); "
                 "all = every route, compared against exact (per-image mode of pyvlmx spectra only)",
         "choices": (*METHODS, "all")})
     power_iters: int = field(default=2, metadata={"help": "power (randomized) or Krylov (krylov) iterations"})
     oversample: int = field(default=10, metadata={"help": "extra random directions of the randomized routes"})
+    jvp_backend: str = field(default="fused", metadata={
+        "help": "JVPs through attention: fused (pyvlmx.ops.attention_jvp, many tangents share one softmax) "
+                "or math (torch.func over math SDPA, the reference)", "choices": JVP_BACKENDS})
 
     def validate(self) -> None:
         own = "spectra"
+        if self.jvp_backend not in JVP_BACKENDS:
+            raise ValueError(f"{own}: jvp_backend must be one of {list(JVP_BACKENDS)}, got {self.jvp_backend!r}")
         if self.method not in (*METHODS, "all"):
             raise ValueError(f"{own}: method must be one of {[*METHODS, 'all']}, got {self.method!r}")
         if isinstance(self.pairs, bool) or not isinstance(self.pairs, int) or self.pairs < MIN_PAIRS:

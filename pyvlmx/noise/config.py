@@ -35,6 +35,10 @@ class NoiseConfig:
         "allow_zero": True, "default_text": "0 and the --sigmas"})
     acc_copies: int = field(default=16, metadata={"help": "noisy copies per image for accuracy vs sigma",
                                                   "flags": ("--copies", "--acc-copies")})
+    linearisation: int = field(default=64, metadata={
+        "help": "noise draws per sigma for the per-sample linearisation residual "
+                "rho(e) = ||f(x0+e) - f(x0) - J e|| / ||f(x0+e) - f(x0)|| (median and 90th percentile; "
+                "one batched JVP per draw; 0 = off)"})
     seed: int = field(default=0, metadata={"help": "noise seed (sigma i uses seed + i)"})
 
     def validate(self) -> None:
@@ -46,7 +50,8 @@ class NoiseConfig:
             self.acc_sigmas = tuple(float(s) for s in self.acc_sigmas)
             if not self.acc_sigmas or any(not (0 <= s < float("inf")) for s in self.acc_sigmas):
                 raise ValueError(f"{own}: acc_sigmas must be numbers >= 0, got {self.acc_sigmas}")
-        for name, least in (("n", MIN_COPIES), ("images", 1), ("batch_size", 1), ("acc_copies", 1)):
+        for name, least in (("n", MIN_COPIES), ("images", 1), ("batch_size", 1), ("acc_copies", 1),
+                            ("linearisation", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 why = " (two halves of at least 4 for the sampling error)" if name == "n" else ""

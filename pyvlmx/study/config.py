@@ -51,7 +51,7 @@ def _study_attack() -> AlignmentConfig:
 
 def _study_noise() -> NoiseConfig:
     return NoiseConfig(sigmas=(0.1 / 255, 1 / 255, 4 / 255), n=256, images=1, batch_size=256,
-                       acc_sigmas=(0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255), acc_copies=4)
+                       acc_sigmas=(0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255), acc_copies=4, linearisation=32)
 
 
 def _study_spectra() -> SpectraConfig:

@@ -20,15 +20,10 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/op_args.h"
 
 namespace pyvlmx {
 
-// Defined in csrc/ops/attention_jvp.cpp (shared with the CUDA kernel).
-void check_attention_jvp(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                         const at::Tensor& tq, const at::Tensor& tk, const at::Tensor& tv,
-                         const c10::optional<at::Tensor>& attn_mask, double scale);
-at::Tensor attention_jvp_additive_mask(const c10::optional<at::Tensor>& attn_mask,
-                                       const at::Tensor& q, int64_t M, at::ScalarType dtype);
 
 namespace {
 
