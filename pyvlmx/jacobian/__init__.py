@@ -10,7 +10,6 @@ Example:
     (8, 32, 3072)
 """
 
-from pyvlmx.jacobian.fused_attention import fused_attention  # noqa: F401
 from pyvlmx.jacobian.operator import (  # noqa: F401
     JVP_BACKENDS, JVP_MODES, VJP_MODES, JacobianOperator, analysis_mode, block_krylov_svd, exact_svd,
     randomized_range_svd, row_streaming_svd, single_pass_svd, streaming_svd,
