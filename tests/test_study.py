@@ -212,3 +212,29 @@ def test_linear_study_zeroshot_and_detection_scores(linear_study):
     assert np.median(aligned["margin"]) < np.median(clean["margin"])
     metrics = {h["metric"]: h["value"] for h in study["headline"]}
     assert metrics["detection AUC (combined score)"] == det["scores"]["combined"]["auc"]
+
+
+def test_study_figures_draw_their_data(tmp_path):
+    """The study's own figures: the confusion heat map is the row-normalised matrix, the quality
+    histograms count the finished pairs, the example grid has one row of three panels per pair."""
+    import numpy as np
+
+    from pyvlmx.study.figures import plot_confusion, plot_examples, plot_quality
+
+    m = [[3, 1, 0], [0, 0, 0], [2, 2, 4]]
+    fig = plot_confusion(m, ["a", "b", "c"], tmp_path / "c.png")
+    drawn = np.asarray(fig.axes[0].get_images()[0].get_array())
+    np.testing.assert_allclose(drawn, [[0.75, 0.25, 0], [0, 0, 0], [0.25, 0.25, 0.5]])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
+    recs = [{"status": "ok", "psnr": 40.0 + i, "ssim": 0.9, "cos_target": 0.5} for i in range(5)]
+    recs += [{"status": "failed", "psnr": None, "ssim": None, "cos_target": None},
+             {"status": "ok", "psnr": None, "ssim": 1.0, "cos_target": 0.7}]   # PSNR None: identical image
+    fig = plot_quality(recs, tmp_path / "q.png")
+    counts = [sum(p.get_height() for p in ax.patches) for ax in fig.axes]
+    assert counts == [5, 6, 6] and [ax.get_xlabel() for ax in fig.axes] == ["PSNR (dB)", "SSIM", "cosine to target"]
+    x = torch.full((3, 8, 8), 0.5)
+    rows = [{"original": x, "aligned": x + 1 / 255, "true_name": "cat", "pred_before": "cat", "pred_after": "dog",
+             "target_name": "dog", "psnr": 48.1, "linf": 1 / 255}] * 2
+    fig = plot_examples(rows, tmp_path / "e.png")
+    assert len(fig.axes) == 6 and "aligned to dog" in fig.axes[1].get_title()
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,15 +8,15 @@ from typing import Sequence
 
 import numpy as np
 
-from pyvlmx.plotting import pyplot
+from pyvlmx.plotting import pyplot, save_figure
 
 
 def _hwc(x) -> np.ndarray:
     return np.clip(x.detach().cpu().permute(1, 2, 0).numpy(), 0, 1)
 
 
-def plot_examples(rows: Sequence[dict], path: str | Path) -> Path:
-    """Grid of original | aligned | amplified difference, one row per pair.
+def plot_examples(rows: Sequence[dict], path: str | Path):
+    """Grid of original | aligned | amplified difference, one row per pair; returns the (closed) Figure.
 
     Args:
         rows: dicts with ``original`` and ``aligned`` ((3, H, W) tensors in
@@ -41,15 +41,12 @@ def plot_examples(rows: Sequence[dict], path: str | Path) -> Path:
             axes[i, j].imshow(img)
             axes[i, j].set_title(title, fontsize=8)
             axes[i, j].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=80)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classnames: Sequence[str], path: str | Path,
-                   xlabel: str = "predicted after alignment", ylabel: str = "target class") -> Path:
-    """Row-normalised confusion matrix as a heat map."""
+                   xlabel: str = "predicted after alignment", ylabel: str = "target class"):
+    """Row-normalised confusion matrix as a heat map; returns the (closed) Figure."""
     plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -63,14 +60,11 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classnames: Sequence[str], p
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=90)
 
 
-def plot_quality(records: Sequence[dict], path: str | Path) -> Path:
-    """Histograms of PSNR, SSIM and cosine to target over the sweep's pairs."""
+def plot_quality(records: Sequence[dict], path: str | Path):
+    """Histograms of PSNR, SSIM and cosine to target over the sweep's pairs; returns the (closed) Figure."""
     plt = pyplot()
     ok = [r for r in records if r.get("status") == "ok"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -81,7 +75,4 @@ def plot_quality(records: Sequence[dict], path: str | Path) -> Path:
         ax.hist(vals, bins=30, color="#4062bb")
         ax.set_xlabel(label)
         ax.set_ylabel("pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=90)
