@@ -16,12 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pyvlmx.attacks.budget import quantize_to_budget
 from pyvlmx.attacks.stop import class_gap
-
-
-def _opt(v, fn):
-    return None if v is None else fn(v)
 
 
 @torch.no_grad()
@@ -85,7 +80,7 @@ def pair_metrics(originals: torch.Tensor, images: torch.Tensor, embeddings: torc
             "ssim": float(ssim[j]),
             "linf": float(linf[j]),
             "l2": float(l2[j]),
-            "cos_target": _opt(cos_t, lambda c: float(c[j])),
+            "cos_target": float(cos_t[j]) if cos_t is not None else None,
             "cos_original": float(cos_o[j]),
             "pred_before": int(ib[j]) if W is not None else None,
             "conf_before": float(cb[j]) if W is not None else None,
@@ -98,8 +93,3 @@ def pair_metrics(originals: torch.Tensor, images: torch.Tensor, embeddings: torc
         })
     return recs
 
-
-def rounded(images: torch.Tensor, originals: torch.Tensor, eps: torch.Tensor | float | None,
-            norm: str) -> torch.Tensor:
-    """The saved-PNG version of attacked images (8-bit, inside an L-inf budget)."""
-    return quantize_to_budget(images, originals, eps, norm)

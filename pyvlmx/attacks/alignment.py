@@ -265,7 +265,7 @@ class EmbeddingAlignment(Attack):
         return Parts(encode=self._encode, objective=objective, stop=stop,
                      gradient=source(self._encode, objective),
                      make_step_rule=lambda: make_step_rule(cfg.optimizer, cfg.adam_betas),
-                     norm=cfg.norm, quantize=cfg.quantize, max_steps=cfg.max_steps, errors=cfg.errors)
+                     quantize=cfg.quantize, max_steps=cfg.max_steps, errors=cfg.errors)
 
     def _make_budget(self, eps: torch.Tensor) -> Budget:
         cfg = self.config

@@ -64,7 +64,6 @@ class Parts:
     stop: StopRule
     gradient: GradientSource
     make_step_rule: Callable[[], StepRule]
-    norm: str
     quantize: bool
     max_steps: int
     errors: str  # "raise" or "record"

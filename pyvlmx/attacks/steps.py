@@ -83,15 +83,11 @@ class AdamStep(StepRule):
         m = b1 * self.m + (1 - b1) * g
         v = b2 * self.v + (1 - b2) * g * g
         steps = [c + 1 for c in self.count]
-        if len(set(steps)) == 1:  # one shared count: scalar corrections (the common case)
-            k = steps[0]
-            mhat = m / (1 - b1 ** k)
-            vhat = v / (1 - b2 ** k)
-        else:
-            shape = (-1,) + (1,) * (g.dim() - 1)
-            c1 = torch.tensor([1 - b1 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
-            c2 = torch.tensor([1 - b2 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
-            mhat, vhat = m / c1, v / c2
+        # per-sample bias corrections, computed in float64 on the host like a Python scalar would be
+        shape = (-1,) + (1,) * (g.dim() - 1)
+        c1 = torch.tensor([1 - b1 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
+        c2 = torch.tensor([1 - b2 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
+        mhat, vhat = m / c1, v / c2
         self.m, self.v = m, v
         self.count = steps
         return mhat / (vhat.sqrt() + self.eps)
