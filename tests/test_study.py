@@ -17,16 +17,21 @@ from test_report import needs_browser
 CLASSES = ["bald eagle", "strawberry", "tabby cat", "yurt", "jeep", "goose"]
 
 
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
+def _one_photo_per_class(data):
+    """An image folder holding the first sample photo of each of CLASSES."""
     from pyvlmx.data.samples import ensure_installed
 
     src = ensure_installed()
-    data = tmp_path_factory.mktemp("data")
     for name in CLASSES:
         first = sorted((src / name).iterdir())[0]
         (data / name).mkdir()
         shutil.copy(first, data / name / first.name)
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    data = _one_photo_per_class(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("study")
     cfg = make_config(StudyConfig, "study", model="open_clip:pyvlmx-tiny-vit", data=str(data),
                       sweep={"targets": 2, "batch_size": 16}, attack={"eps": 32 / 255, "max_steps": 30},
@@ -120,7 +125,6 @@ def _linear_parts():
 
 @pytest.fixture(scope="module")
 def linear_study(tmp_path_factory):
-    from pyvlmx.data.samples import ensure_installed
     from pyvlmx.models import register_family
     from pyvlmx.models.registry import ModelFamily
 
@@ -129,12 +133,7 @@ def linear_study(tmp_path_factory):
         name="study-linear", loader=lambda arch, pretrained=None, device="cpu", **kw:
             _LinearStudyModel(A, W, CLASSES, LIN_SIZE).to(device).eval(),
         list_archs=lambda: ["A"], requires="", available=lambda: None, description="test: linear"))
-    src = ensure_installed()
-    data = tmp_path_factory.mktemp("lin_data")
-    for name in CLASSES:
-        first = sorted((src / name).iterdir())[0]
-        (data / name).mkdir()
-        shutil.copy(first, data / name / first.name)
+    data = _one_photo_per_class(tmp_path_factory.mktemp("lin_data"))
     out = tmp_path_factory.mktemp("lin_study")
     cfg = make_config(StudyConfig, "study", model="study-linear:A", data=str(data), device="cpu",
                       sweep={"targets": 2, "batch_size": 16}, attack={"eps": 32 / 255, "max_steps": 50},
