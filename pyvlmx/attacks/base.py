@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import difflib
-from dataclasses import MISSING, asdict, fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -109,13 +109,9 @@ def attack_options(name: str) -> list[dict]:
     cls = get_attack_class(name)
     if cls.config_class is None:
         return []
-    out = []
-    for f in fields(cls.config_class):
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else None)
-        out.append({"name": f.name, "default": default, "help": f.metadata.get("help", ""),
-                    "choices": f.metadata.get("choices")})
-    return out
+    base = cls.config_class()  # every option has a default: the instance holds them all
+    return [{"name": f.name, "default": getattr(base, f.name), "help": f.metadata.get("help", ""),
+             "choices": f.metadata.get("choices")} for f in fields(cls.config_class)]
 
 
 def get_attack_class(name: str) -> type[Attack]:
