@@ -27,11 +27,16 @@ def _study_folder(tmp_path, n_figures=3):
         figs.append({"file": f"f{i}.png", "caption": f"figure {i}"})
     study = {
         "title": "test study",
-        "headline": [{"metric": "zero-shot top-1", "value": 0.95, "fmt": "{:.1%}", "note": "20 images"},
-                     {"metric": "systematic accuracy", "value": 0.0, "fmt": "{:.1%}", "note": ""},
+        "headline": [{"metric": "zero-shot top-1", "value": 0.95, "fmt": "{:.1%}", "note": "20 images",
+                      "ci": [0.7639, 0.9911], "ci_method": "wilson"},
+                     {"metric": "systematic accuracy", "value": 0.0, "fmt": "{:.1%}", "note": "",
+                      "ci": [0.0, 0.0527], "ci_method": "wilson"},
                      {"metric": "PSNR median", "value": float("inf"), "fmt": "{:.1f} dB", "note": ""}],
+        "headline_note": "Intervals: 95%; wilson: Wilson score interval of the rate.",
         "sections": [{"title": "Sweep", "text": "para one\n\npara <two>",
-                      "tables": [{"columns": ["a", "b"], "rows": [[1, 2.5], ["x", None]], "caption": "t"}],
+                      "tables": [{"columns": ["a", "b"], "rows": [[1, 2.5], ["x", None]], "caption": "t"},
+                                 {"columns": ["test", "p"], "rows": [["w", 0.00048828125]], "caption": "p",
+                                  "formats": [None, "{:.2g}"]}],
                       "figures": figs}],
         "settings": {"model": "m"}, "environment": {"torch": "x"},
     }
@@ -42,8 +47,14 @@ def _study_folder(tmp_path, n_figures=3):
 def test_markdown_and_html_contents(tmp_path):
     md, page = build_report(_study_folder(tmp_path))
     text = md.read_text()
-    assert "| zero-shot top-1 | 95.0% | 20 images |" in text
-    assert "| PSNR median | inf |" in text
+    assert "| metric | value | 95% interval | note |" in text
+    # each interval beside its figure, in the figure's format; an entry without one leaves the cell empty
+    assert "| zero-shot top-1 | 95.0% | [76.4%, 99.1%] | 20 images |" in text
+    assert "| systematic accuracy | 0.0% | [0.0%, 5.3%] |  |" in text
+    assert "| PSNR median | inf |  |  |" in text
+    assert "Intervals: 95%; wilson: Wilson score interval of the rate." in text
+    # a column's own format; the others the default
+    assert "| w | 0.00049 |" in text and "| 1 | 2.500 |" in text
     assert "![figure 1](f1.png)" in text
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 3
@@ -51,6 +62,8 @@ def test_markdown_and_html_contents(tmp_path):
     payloads = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     assert [base64.b64decode(p) for p in payloads] == [(tmp_path / f"f{i}.png").read_bytes() for i in range(3)]
     assert "para &lt;two&gt;" in html  # text is escaped
+    assert "<td>zero-shot top-1</td><td>95.0%</td><td>[76.4%, 99.1%]</td><td>20 images</td>" in html
+    assert "<td>w</td><td>0.00049</td>" in html
     assert "f0.png" not in html  # self-contained: no links to files
 
 
@@ -72,7 +85,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = render_dom(page)
     loaded, total = image_check(dom)
     assert total == 4 and loaded == 4
-    assert 'id="headline"' in dom and "systematic accuracy" in dom
+    assert 'id="headline"' in dom and "systematic accuracy" in dom and "[0.0%, 5.3%]" in dom
 
 
 @needs_browser

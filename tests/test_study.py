@@ -1,6 +1,7 @@
 """`pyvlmx study` end to end on a tiny model: every stage, the report, resume."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -113,6 +114,7 @@ class _LinearStudyModel(VisionLanguageModel):
 
 
 LIN_SIZE, LIN_DIM = 16, 8    # SSIM needs >= 11 x 11
+LIN_PAIRS = 3                # not the tiny study's 2: the spectra stage runs what it is asked for
 
 
 def _linear_parts():
@@ -139,7 +141,7 @@ def linear_study(tmp_path_factory):
                       sweep={"targets": 2, "batch_size": 16}, attack={"eps": 32 / 255, "max_steps": 50},
                       noise={"sigmas": (0.5 / 255, 8 / 255, 64 / 255), "n": 512, "acc_sigmas": (0.0, 16 / 255),
                              "acc_copies": 2, "aligned": True},
-                      spectra={"pairs": 2, "k": 4, "method": "exact"},
+                      spectra={"pairs": LIN_PAIRS, "k": 4, "method": "exact"},
                       detect={"k": 16, "eot_images": 2, "eot_samples": 2, "eot_steps": 3})
     try:
         study = run_study(cfg, out, progress=False, log=lambda s: None)
@@ -172,7 +174,7 @@ def test_linear_study_spectra_are_the_singular_values_of_A(linear_study):
     _, out, _, A, _, _ = linear_study
     spectra = json.loads((out / "spectra.json").read_text())
     s = torch.linalg.svdvals(A.double())[:4]
-    assert spectra["n_pairs"] == 2
+    assert spectra["n_pairs"] == LIN_PAIRS and len(spectra["pairs"]) == LIN_PAIRS
     for p in spectra["pairs"]:
         for key in ("original", "aligned"):
             assert torch.allclose(torch.tensor(p[key], dtype=torch.float64), s, rtol=1e-4), key
@@ -237,3 +239,178 @@ def test_study_figures_draw_their_data(tmp_path):
     fig = plot_examples(rows, tmp_path / "e.png")
     assert len(fig.axes) == 6 and "aligned to dog" in fig.axes[1].get_title()
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- intervals on the headline, and the spectra section's tables ------------------------------------
+
+def _wilson_zero(n, z=1.959963984540054):
+    """Wilson's upper end at 0 successes of n, by hand: z^2 / (n + z^2)."""
+    return z * z / (n + z * z)
+
+
+@pytest.mark.parametrize("which", ["tiny_study", "linear_study"])
+def test_every_headline_figure_has_an_interval_around_it_in_the_reports(which, request):
+    from pyvlmx.study.run import CI_METHODS
+
+    out, study = request.getfixturevalue(which)[1:3]
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for h in study["headline"]:
+        lo, hi = h["ci"]
+        lo, hi = (-math.inf if lo is None else lo), (math.inf if hi is None else hi)   # null: unbounded
+        assert h["value"] is not None and lo <= h["value"] <= hi, h
+        assert h["ci_method"] in CI_METHODS, h
+        ends = [("inf" if e > 0 else "-inf") if math.isinf(e) else h["fmt"].format(e) for e in (lo, hi)]
+        value, ci = h["fmt"].format(h["value"]), f"[{ends[0]}, {ends[1]}]"
+        assert f"| {h['metric']} | {value} | {ci} |" in md
+        assert f"<td>{value}</td><td>{ci}</td>" in html
+    assert "Wilson score interval" in study["headline_note"] and study["headline_note"] in md
+
+
+def test_linear_study_intervals_are_the_known_ones(linear_study):
+    """The rates' intervals are Wilson's of counts found here from the linear classifier and the records;
+    the worst values' intervals start at the worst pair; the same Jacobian everywhere gives a zero
+    effective-rank difference with a zero-width interval."""
+    from pyvlmx.data import load_dataset
+    from pyvlmx.stats import wilson_interval
+    from pyvlmx.systematic import load_records
+
+    _, out, study, A, W, data = linear_study
+    head = {h["metric"]: h for h in study["headline"]}
+    ds = load_dataset(str(data), LIN_SIZE)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    labels = torch.tensor([int(lbl) for _, lbl in ds.samples])
+    correct = int(((x.flatten(1) @ A.t() @ W.t()).argmax(1) == labels).sum())
+    assert head["zero-shot top-1 accuracy"]["ci"] == pytest.approx(wilson_interval(correct, len(ds)))
+    records = load_records(out / "systematic")
+    kept = sum(r["status"] == "ok" and r["pred_after"] == r["label"] for r in records)
+    hit = sum(r["status"] == "ok" and r["pred_after"] == r["target_class"] for r in records)
+    assert head["systematic accuracy"]["ci"] == pytest.approx(wilson_interval(kept, len(records)))
+    assert head["targeted success"]["ci"] == pytest.approx(wilson_interval(hit, len(records)))
+    ok = [r for r in records if r["status"] == "ok"]
+    for metric, key in (("PSNR worst", "psnr"), ("SSIM worst", "ssim"), ("cosine to target worst", "cos_target")):
+        # (a null PSNR is an unchanged image: +inf, never the worst)
+        assert head[metric]["ci"][0] == pytest.approx(min(r[key] for r in ok if r[key] is not None)), metric
+    er = head["Jacobian effective rank, aligned - original"]
+    assert abs(er["value"]) < 1e-9 and max(map(abs, er["ci"])) < 1e-9
+
+
+def _section(study, title_start):
+    return next(s for s in study["sections"] if s["title"].startswith(title_start))
+
+
+@pytest.mark.parametrize("which", ["tiny_study", "linear_study"])
+def test_spectra_tables_are_the_stored_tests(which, request):
+    out, study = request.getfixturevalue(which)[1:3]
+    spectra = json.loads((out / "spectra.json").read_text())
+    n = spectra["n_pairs"]
+    assert n == request.getfixturevalue(which)[0].spectra.pairs
+    sec = _section(study, "Jacobian spectra")
+    tests, per_index, per_pair = sec["tables"]
+    for row, key in zip(tests["rows"], ("effective_rank", "mean_log_singular_value"), strict=True):
+        t = spectra["tests"][key]
+        assert row[:8] == [t["statistic"], n, t["mean_original"], t["mean_aligned"], t["mean_difference"],
+                           t["direction"], t["wilcoxon_p"], t["permutation_p"]]
+        low = f"{2 / 2 ** n:.2g}"                  # all n pairs one way: 2 of the 2^n sign patterns
+        assert row[8] == f"{low} / {low}"
+    assert [r[3] for r in per_index["rows"]] == spectra["tests"]["per_index_wilcoxon_holm_p"]
+    assert [r[1:3] for r in per_index["rows"]] == [[o, a] for o, a in zip(spectra["mean_log_sv"]["original"],
+                                                                         spectra["mean_log_sv"]["aligned"])]
+    assert [r[:3] for r in per_pair["rows"]] == [[p["name"], p["erank_original"], p["erank_aligned"]]
+                                                 for p in spectra["pairs"]]
+    assert f"at {n} original/aligned pairs" in sec["text"] and "asked for" not in sec["text"]
+    assert "{" not in sec["text"]                   # prose, not a JSON dump
+    md = (out / "report.md").read_text()
+    t = spectra["tests"]["effective_rank"]
+    assert (f"| {t['statistic']} | {n} | {t['mean_original']:.3f} | {t['mean_aligned']:.3f} | "
+            f"{t['mean_difference']:+.3f} | {t['direction']} | {t['wilcoxon_p']:.2g} | "
+            f"{t['permutation_p']:.2g} |") in md
+
+
+def test_smallest_p_of_the_paired_tests_and_the_default_pairs():
+    from pyvlmx.study.spectra_report import smallest_p
+
+    assert smallest_p(2, 16) == {"wilcoxon_p": 0.5, "permutation_p": 0.5, "per_index_holm_p": 1.0}
+    assert smallest_p(8, 16)["wilcoxon_p"] == pytest.approx(2 / 256)
+    assert smallest_p(12, 16)["per_index_holm_p"] == pytest.approx(16 * 2 / 4096)
+    # beyond 16 pairs the permutation test samples 10000 sign patterns: at best 1 / 10001
+    assert smallest_p(20, 16)["permutation_p"] == pytest.approx(1 / 10001)
+    with pytest.raises(ValueError, match="n >= 2 pairs, got 1"):
+        smallest_p(1, 16)
+    # the default study can reach p < 0.01 in every test, the Holm-corrected per-index ones included
+    cfg = StudyConfig()
+    assert cfg.spectra.pairs >= 10
+    assert max(smallest_p(cfg.spectra.pairs, cfg.spectra.k).values()) < 0.01
+
+
+def test_spectra_text_says_when_fewer_pairs_than_asked():
+    from pyvlmx.study.spectra_report import spectra_text
+
+    pairs = [{"original": [2.0, 1.0], "aligned": [3.0, 1.0]}] * 4
+    text = spectra_text({"n_pairs": 4, "k": 2, "method": "exact", "pairs": pairs}, requested=12)
+    assert "at 4 original/aligned pairs (12 asked for; only 4 usable aligned images)" in text
+    assert "At n = 4 the smallest two-sided p these tests can give is 0.12 (Wilcoxon)" in text
+
+
+def test_rate_interval_is_wilson_of_the_count():
+    from pyvlmx.study.intervals import rate_ci
+
+    assert rate_ci(0.0, 69) == pytest.approx((0.0, _wilson_zero(69)))
+    lo, hi = rate_ci(1.0, 23)
+    assert hi == 1.0 and lo == pytest.approx(1 - _wilson_zero(23))
+    with pytest.raises(ValueError, match="rate 0.5 is not a count out of n = 3"):
+        rate_ci(0.5, 3)
+
+
+def _records(values_by_image, metric="psnr"):
+    return [{"status": "ok", "image_index": i, metric: v} for i, vs in values_by_image.items() for v in vs] + \
+           [{"status": "failed", "image_index": 0, metric: -1.0}]      # a failed pair counts nowhere
+
+
+def test_pairs_interval_resamples_images():
+    from pyvlmx.study.intervals import pairs_ci
+
+    # every pair the same: nothing to vary
+    assert pairs_ci(_records({0: [40.0, 40.0], 1: [40.0]}), "psnr") == (40.0, 40.0)
+    # the worst's interval starts at the worst finished pair; the failed pair's -1 is not one
+    recs = _records({i: [30.0 + i, 50.0 + i] for i in range(10)})
+    lo, hi = pairs_ci(recs, "psnr", "worst")
+    assert lo == 30.0 and 30.0 < hi < 50.0
+    # two images: one with three pairs at 1, one with a single pair at 5. A resample draws two images:
+    # both the first (p 1/4) or one of each (1/2) give median 1, both the second (1/4) gives 5
+    lo, hi = pairs_ci(_records({0: [1.0, 1.0, 1.0], 1: [5.0]}, "ssim"), "ssim")
+    assert (lo, hi) == (1.0, 5.0)
+    # unchanged images have PSNR null (+inf), ranked above every finite value, and come back as null
+    assert pairs_ci(_records({0: [None], 1: [None]}), "psnr") == (None, None)
+    with pytest.raises(ValueError, match="'median' or 'worst', got 'mean'"):
+        pairs_ci(recs, "psnr", "mean")
+
+
+def test_detector_statistics_rebuild_the_cross_fitted_scores():
+    from pyvlmx.detect import evaluate_detector
+    from pyvlmx.study.intervals import detection_auc_ci, detector_statistics
+
+    clean = np.array([0.0, 1.0, 2.0, 3.0, 10.0, 20.0])
+    aligned = np.array([5.0, 100.0])
+    det = evaluate_detector(None, None, None, folds=2,
+                            raw={"clean": {"displacement": clean}, "aligned": {"displacement": aligned}})
+    neg, pos = detector_statistics(det)
+    # fold 0 (images 0, 2, 4) is scored against fold 1's clean [1, 3, 20]: median 3, MAD 2; fold 1 against
+    # [0, 2, 10]: median 2, MAD 2; |z| = |s - median| / (1.4826 MAD)
+    scale = 1.4826 * 2
+    np.testing.assert_allclose(neg["displacement"], np.array([3, 1, 1, 1, 7, 18]) / scale)
+    np.testing.assert_allclose(pos["displacement"], np.array([2, 98]) / scale)
+    np.testing.assert_array_equal(neg["combined"], neg["displacement"])
+    res = detection_auc_ci(neg["combined"], pos["combined"], range(6), [0, 1])
+    assert res["auc"] == det["scores"]["combined"]["auc"] == pytest.approx(9 / 12)
+    assert res["auc_ci"][0] <= res["auc"] <= res["auc_ci"][1] and res["images"] == 6
+    det["scores"]["combined"]["auc"] = 0.5
+    with pytest.raises(RuntimeError, match="rebuilt 'combined' statistic gives AUC 0.750000"):
+        detector_statistics(det)
+
+
+def test_detection_interval_of_separated_scores_is_a_point():
+    from pyvlmx.study.intervals import detection_auc_ci
+
+    res = detection_auc_ci([0.1, 0.2, 0.3, 0.4], [0.9, 0.8], range(4), [1, 3])
+    assert (res["auc"], res["auc_ci"], res["tpr"], res["tpr_ci"]) == (1.0, [1.0, 1.0], 1.0, [1.0, 1.0])

@@ -3,9 +3,12 @@
 ``study.json`` (written by :func:`pyvlmx.study.run_study`) holds::
 
     {"title": str,
-     "headline": [{"metric": str, "value": float|None, "fmt": str, "note": str}, ...],
+     "headline": [{"metric": str, "value": float|None, "fmt": str, "note": str,
+                   "ci": [lo|None, hi|None] | None, "ci_method": str}, ...],   # a null end: unbounded
+     "headline_note": str,          # how the intervals were computed
      "sections": [{"title": str, "text": str,
-                   "tables": [{"columns": [...], "rows": [[...], ...], "caption": str}],
+                   "tables": [{"columns": [...], "rows": [[...], ...], "caption": str,
+                               "formats": [str|None, ...]}],   # optional, per column
                    "figures": [{"file": "x.png", "caption": str}]}, ...],
      "settings": {...}, "environment": {...}}
 
@@ -41,17 +44,43 @@ def _fmt(value, fmt: str = "{:.3f}") -> str:
     return str(value)
 
 
+def _cells(tab: dict, row: list) -> list[str]:
+    """A table row as text: each cell in its column's format (``formats``), else the default."""
+    formats = tab.get("formats") or [None] * len(row)
+    return [_fmt(c) if f is None else _fmt(c, f) for c, f in zip(row, formats)]
+
+
+def _interval(ci, fmt: str) -> str:
+    """``[lo, hi]`` in the figure's own format; empty where an entry has no interval.
+
+    A null end is unbounded (JSON has no infinity): ``-inf`` below, ``inf``
+    above, e.g. the PSNR of unchanged images.
+    """
+    if ci is None:
+        return ""
+    lo, hi = (-math.inf if ci[0] is None else ci[0]), (math.inf if ci[1] is None else ci[1])
+    return f"[{_fmt(lo, fmt)}, {_fmt(hi, fmt)}]"
+
+
+HEADLINE_COLUMNS = ("metric", "value", "95% interval", "note")
+
+
 def _headline_rows(study: dict) -> list[list[str]]:
-    return [[h["metric"], _fmt(h.get("value"), h.get("fmt", "{:.3f}")), h.get("note", "")]
-            for h in study.get("headline", [])]
+    rows = []
+    for h in study.get("headline", []):
+        fmt = h.get("fmt", "{:.3f}")
+        rows.append([h["metric"], _fmt(h.get("value"), fmt), _interval(h.get("ci"), fmt), h.get("note", "")])
+    return rows
 
 
 def render_markdown(study: dict) -> str:
     """The study as Markdown; figures are links to the PNG files beside it."""
     out = [f"# {study.get('title', 'pyvlmx study')}", ""]
-    out += ["## Headline", "", "| metric | value | note |", "|---|---|---|"]
-    out += [f"| {m} | {v} | {n} |" for m, v, n in _headline_rows(study)]
+    out += ["## Headline", "", "| " + " | ".join(HEADLINE_COLUMNS) + " |", "|---|---|---|---|"]
+    out += ["| " + " | ".join(row) + " |" for row in _headline_rows(study)]
     out.append("")
+    if study.get("headline_note"):
+        out += [study["headline_note"], ""]
     for sec in study.get("sections", []):
         out += [f"## {sec['title']}", ""]
         if sec.get("text"):
@@ -61,7 +90,7 @@ def render_markdown(study: dict) -> str:
                 out += [f"*{tab['caption']}*", ""]
             out.append("| " + " | ".join(str(c) for c in tab["columns"]) + " |")
             out.append("|" + "---|" * len(tab["columns"]))
-            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in tab["rows"]]
+            out += ["| " + " | ".join(_cells(tab, row)) + " |" for row in tab["rows"]]
             out.append("")
         for fig in sec.get("figures", []):
             out += [f"![{fig.get('caption', '')}]({fig['file']})", "", f"*{fig.get('caption', '')}*", ""]
@@ -75,6 +104,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 padding:0 1em;color:#1d1d1f;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}
 th{background:#f2f2f5}#headline td:nth-child(2){font-weight:600;text-align:right}
+#headline td:nth-child(3){text-align:right;white-space:nowrap;color:#444}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.92em}
 pre{background:#f6f6f8;padding:.8em;overflow:auto;font-size:.85em}
 """
@@ -109,9 +139,12 @@ def render_html(study: dict, folder: str | Path) -> str:
              f"<script>{_CHECK_JS}</script></head><body>",
              f"<h1>{e(study.get('title', 'pyvlmx study'))}</h1>",
              "<div id='image-check' data-total='-1' data-loaded='-1'></div>",
-             "<h2>Headline</h2><table id='headline'><tr><th>metric</th><th>value</th><th>note</th></tr>"]
-    parts += [f"<tr><td>{e(m)}</td><td>{e(v)}</td><td>{e(n)}</td></tr>" for m, v, n in _headline_rows(study)]
+             "<h2>Headline</h2><table id='headline'><tr>" + "".join(f"<th>{e(c)}</th>" for c in HEADLINE_COLUMNS)
+             + "</tr>"]
+    parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _headline_rows(study)]
     parts.append("</table>")
+    if study.get("headline_note"):
+        parts.append(f"<p id='headline-note'>{e(study['headline_note'])}</p>")
     for sec in study.get("sections", []):
         parts.append(f"<h2>{e(sec['title'])}</h2>")
         if sec.get("text"):
@@ -121,7 +154,8 @@ def render_html(study: dict, folder: str | Path) -> str:
             if tab.get("caption"):
                 parts.append(f"<caption>{e(tab['caption'])}</caption>")
             parts.append("<tr>" + "".join(f"<th>{e(str(c))}</th>" for c in tab["columns"]) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in tab["rows"]]
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(tab, row)) + "</tr>"
+                      for row in tab["rows"]]
             parts.append("</table>")
         for fig in sec.get("figures", []):
             path = folder / fig["file"]

@@ -22,10 +22,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pyvlmx.io import dumps, read_json, write_json
 from pyvlmx.study.config import StudyConfig
+from pyvlmx.study.intervals import (
+    CONFIDENCE, RESAMPLES, detection_auc_ci, detector_statistics, pairs_ci, rate_ci,
+)
+from pyvlmx.study.spectra_report import spectra_tables, spectra_text
 
 
 def _digest(cfg: dict) -> str:
@@ -183,7 +188,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
 
     # 4. spectra -------------------------------------------------------------
     m = min(sp.pairs, len(idx))  # pairs >= 2 (validated) and len(idx) >= 2 (checked above)
-    if m < sp.pairs:
+    if m < sp.pairs:  # the report says so too (spectra_text)
         log(f"[spectra] {sp.pairs} pairs asked for, {m} usable aligned images: comparing {m}")
     spectra = stage("spectra", stage_cfg["spectra"],
                     lambda: compare_spectra(model, originals[:m], aligned[:m], k=sp.k, method=sp.method,
@@ -225,8 +230,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     plot_confusion(sweep["confusion_target_vs_pred"], classnames, out / "confusion.png")
     plot_quality(records, out / "quality.png")
 
-    study = _compose(cfg, zs, sweep, noise, spectra, det, stage.timing, time.perf_counter() - t_start,
-                     environment())
+    study = _compose(cfg, zs, sweep, records, noise, spectra, det, idx, len(dataset), stage.timing,
+                     time.perf_counter() - t_start, environment())
     write_json(out / "study.json", study)
     md, page = build_report(out)
     log(f"report: {page}\n        {md}")
@@ -238,30 +243,84 @@ def _metric(sweep: dict, name: str, stat: str):
     return sweep["metrics"][name].get(stat)
 
 
-def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
+#: how each kind of headline interval is computed (``ci_method`` of a headline entry)
+CI_METHODS = {
+    "wilson": "Wilson score interval of the rate",
+    "bootstrap-images": f"percentile bootstrap over images ({RESAMPLES} resamples; an image brings all its pairs)",
+    "paired-bootstrap-images": f"paired percentile bootstrap over images ({RESAMPLES} resamples; an image's "
+                               f"clean and attacked scores drawn together)",
+    "bootstrap-pairs": f"percentile bootstrap over spectra pairs ({RESAMPLES} resamples)",
+}
+
+
+def _entry(metric: str, value, fmt: str, note: str, ci, ci_method: str) -> dict:
+    return {"metric": metric, "value": value, "fmt": fmt, "note": note,
+            "ci": None if ci is None else [ci[0], ci[1]], "ci_method": ci_method}
+
+
+def _detection(det: dict, pos_images: list[int], n_clean: int, seed: int) -> dict[str, dict]:
+    """Per score: AUC and TPR at the detector's FPR, with paired bootstrap intervals over images."""
+    neg, pos = detector_statistics(det)
+    return {name: detection_auc_ci(neg[name], pos[name], range(n_clean), pos_images, fpr=det["fpr_target"],
+                                   seed=seed)
+            for name in neg}
+
+
+def _compose(cfg, zs, sweep, records, noise, spectra, det, idx, n_clean, timing, total_s, env) -> dict:
+    from pyvlmx.stats import bootstrap_ci
+
     plain, eot = det["plain"], det["eot"]
+    seed = cfg.seed
     fpr_key = f"tpr_at_fpr_{plain['fpr_target']:g}"
+    n_eot = det["eot_attack"]["images"]
+    dci = _detection(plain, idx, n_clean, seed)
+    eci = _detection(eot, idx[:n_eot], n_clean, seed)
+    comb, ecomb = dci["combined"], eci["combined"]
+    n_pairs = sweep["pairs"]
+    sp_n = int(spectra["n_pairs"])
+    er = spectra["tests"]["effective_rank"]
+    er_diff = [p["erank_aligned"] - p["erank_original"] for p in spectra["pairs"]]
+
+    def pairs(metric, stat):
+        return pairs_ci(records, metric, stat, seed=seed)
+
     headline = [
-        {"metric": "zero-shot top-1 accuracy", "value": zs["top1"], "fmt": "{:.1%}",
-         "note": f"{zs['n_images']} clean images, {len(sweep['classnames'])} classes"},
-        {"metric": "systematic accuracy", "value": sweep["systematic_accuracy"], "fmt": "{:.1%}",
-         "note": f"fraction of {sweep['pairs']} (image, target) pairs still classified as the true class"},
-        {"metric": "targeted success", "value": sweep["targeted_success_rate"], "fmt": "{:.1%}",
-         "note": f"aligned image classified as the target class (L-inf budget {cfg.attack.eps * 255:.0f}/255)"},
-        {"metric": "PSNR median", "value": _metric(sweep, "psnr", "median"), "fmt": "{:.1f} dB", "note": ""},
-        {"metric": "PSNR worst", "value": _metric(sweep, "psnr", "worst"), "fmt": "{:.1f} dB", "note": ""},
-        {"metric": "SSIM median", "value": _metric(sweep, "ssim", "median"), "fmt": "{:.4f}", "note": ""},
-        {"metric": "SSIM worst", "value": _metric(sweep, "ssim", "worst"), "fmt": "{:.4f}", "note": ""},
-        {"metric": "cosine to target median", "value": _metric(sweep, "cos_target", "median"), "fmt": "{:.3f}",
-         "note": "text embedding of the target class"},
-        {"metric": "cosine to target worst", "value": _metric(sweep, "cos_target", "worst"), "fmt": "{:.3f}",
-         "note": ""},
-        {"metric": "detection AUC (combined score)", "value": plain["scores"]["combined"]["auc"], "fmt": "{:.3f}",
-         "note": f"clean vs aligned, K={plain['k']} noisy copies at sigma {plain['sigma'] * 255:.0f}/255; "
-                 f"TPR at 5% FPR {plain['scores']['combined'][fpr_key]:.2f}"},
-        {"metric": "detection AUC vs adaptive (EOT) attacker", "value": eot["scores"]["combined"]["auc"],
-         "fmt": "{:.3f}", "note": f"{det['eot_attack']['images']} images, EOT targeted success "
-                                  f"{det['eot_attack']['targeted_success']:.0%}"},
+        _entry("zero-shot top-1 accuracy", zs["top1"], "{:.1%}",
+               f"{zs['n_images']} clean images, {len(sweep['classnames'])} classes",
+               rate_ci(zs["top1"], zs["n_images"]), "wilson"),
+        _entry("systematic accuracy", sweep["systematic_accuracy"], "{:.1%}",
+               f"fraction of {n_pairs} (image, target) pairs still classified as the true class",
+               rate_ci(sweep["systematic_accuracy"], n_pairs), "wilson"),
+        _entry("targeted success", sweep["targeted_success_rate"], "{:.1%}",
+               f"aligned image classified as the target class (L-inf budget {cfg.attack.eps * 255:.0f}/255), "
+               f"{n_pairs} pairs", rate_ci(sweep["targeted_success_rate"], n_pairs), "wilson"),
+        _entry("PSNR median", _metric(sweep, "psnr", "median"), "{:.1f} dB", "", pairs("psnr", "median"),
+               "bootstrap-images"),
+        _entry("PSNR worst", _metric(sweep, "psnr", "worst"), "{:.1f} dB",
+               "lowest over the pairs; the interval starts at it by construction", pairs("psnr", "worst"),
+               "bootstrap-images"),
+        _entry("SSIM median", _metric(sweep, "ssim", "median"), "{:.4f}", "", pairs("ssim", "median"),
+               "bootstrap-images"),
+        _entry("SSIM worst", _metric(sweep, "ssim", "worst"), "{:.4f}", "lowest over the pairs",
+               pairs("ssim", "worst"), "bootstrap-images"),
+        _entry("cosine to target median", _metric(sweep, "cos_target", "median"), "{:.3f}",
+               "text embedding of the target class", pairs("cos_target", "median"), "bootstrap-images"),
+        _entry("cosine to target worst", _metric(sweep, "cos_target", "worst"), "{:.3f}", "lowest over the pairs",
+               pairs("cos_target", "worst"), "bootstrap-images"),
+        _entry("Jacobian effective rank, aligned - original", er["mean_difference"], "{:+.2f}",
+               f"mean over {sp_n} pairs (original {er['mean_original']:.2f}, aligned {er['mean_aligned']:.2f}); "
+               f"Wilcoxon p = {er['wilcoxon_p']:.2g}, sign-flip p = {er['permutation_p']:.2g}",
+               bootstrap_ci(er_diff, np.mean, resamples=RESAMPLES, confidence=CONFIDENCE, seed=seed),
+               "bootstrap-pairs"),
+        _entry("detection AUC (combined score)", plain["scores"]["combined"]["auc"], "{:.3f}",
+               f"{plain['n_clean']} clean vs {plain['n_aligned']} aligned, K={plain['k']} noisy copies at sigma "
+               f"{plain['sigma'] * 255:.0f}/255; TPR at 5% FPR {comb['tpr']:.2f} "
+               f"[{comb['tpr_ci'][0]:.2f}, {comb['tpr_ci'][1]:.2f}]", comb["auc_ci"], "paired-bootstrap-images"),
+        _entry("detection AUC vs adaptive (EOT) attacker", eot["scores"]["combined"]["auc"], "{:.3f}",
+               f"{n_eot} images, EOT targeted success {det['eot_attack']['targeted_success']:.0%} "
+               f"[{rate_ci(det['eot_attack']['targeted_success'], n_eot)[0]:.0%}, "
+               f"{rate_ci(det['eot_attack']['targeted_success'], n_eot)[1]:.0%}]",
+               ecomb["auc_ci"], "paired-bootstrap-images"),
     ]
     per_class_rows = [[name, pc["pairs"], pc["systematic_accuracy"], pc["targeted_success_rate"],
                        pc["metrics"]["psnr"].get("median"), pc["metrics"]["ssim"].get("median")]
@@ -274,8 +333,12 @@ def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
             lin = r.get("linearisation") or {}
             noise_rows.append([res["kind"], f"{r['sigma'] * 255:.3g}/255", r["rel_fro"], r["sampling_error"],
                                r["ratio"], "yes" if r["holds"] else "no", lin.get("median", ""), lin.get("p90", "")])
-    spec_tests = spectra.get("tests", {})
-    det_rows = [[name, s["auc"], s.get(fpr_key), s.get("direction", ""), eot["scores"][name]["auc"]]
+
+    def interval(ci):
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    det_rows = [[name, s["auc"], interval(dci[name]["auc_ci"]), s.get(fpr_key), s.get("direction", ""),
+                 eot["scores"][name]["auc"], interval(eci[name]["auc_ci"])]
                 for name, s in plain["scores"].items()]
     sections = [
         {"title": "Zero-shot vs systematic evaluation",
@@ -307,16 +370,21 @@ def _compose(cfg, zs, sweep, noise, spectra, det, timing, total_s, env) -> dict:
                      for j, res in enumerate(noise["statistics"])] +
                     [{"file": "noise_accuracy.png", "caption": "zero-shot accuracy vs sigma, clean and aligned"}]},
         {"title": "Jacobian spectra: original vs aligned",
-         "text": "Paired tests over images: " + dumps(spec_tests)[:1500],
-         "tables": [], "figures": [{"file": "spectra.png", "caption": "singular values of J, original vs aligned"}]},
+         "text": spectra_text(spectra, cfg.spectra.pairs),
+         "tables": spectra_tables(spectra),
+         "figures": [{"file": "spectra.png", "caption": "singular values of J, original vs aligned"}]},
         {"title": "Noise-sensitivity detection",
          "text": ("Scores from K noisy copies of each image, calibrated on clean images (cross-fitted), two-tailed. "
                   f"Adaptive attacker: alignment in expectation over the detector's noise "
-                  f"({cfg.detect.eot_samples} samples per step, {cfg.detect.eot_steps} steps)."),
-         "tables": [{"columns": ["score", "AUC", "TPR at 5% FPR", "direction", "AUC vs EOT"], "rows": det_rows,
-                     "caption": "detector"}],
-         "figures": [{"file": "roc.png", "caption": "ROC: clean vs aligned (solid), vs adaptive EOT (dashed)"}]},
+                  f"({cfg.detect.eot_samples} samples per step, {cfg.detect.eot_steps} steps). AUC intervals: "
+                  f"{CI_METHODS['paired-bootstrap-images']}."),
+         "tables": [{"columns": ["score", "AUC", "AUC 95% CI", "TPR at 5% FPR", "direction", "AUC vs EOT",
+                                 "AUC vs EOT 95% CI"], "rows": det_rows, "caption": "detector"}],
+         "figures": [{"file": "roc.png", "caption": "ROC: clean vs aligned (solid), vs adaptive (EOT) dashed"}]},
     ]
-    return {"title": f"pyvlmx study: {cfg.model} on {cfg.data}", "headline": headline, "sections": sections,
+    methods = sorted({h["ci_method"] for h in headline})
+    ci_note = (f"Intervals: {CONFIDENCE:.0%}; " + "; ".join(f"{m}: {CI_METHODS[m]}" for m in methods) + ".")
+    return {"title": f"pyvlmx study: {cfg.model} on {cfg.data}", "headline": headline, "headline_note": ci_note,
+            "sections": sections,
             "settings": dataclasses.asdict(cfg) | {"stage_seconds": timing, "total_seconds": total_s},
             "environment": env}
