@@ -298,8 +298,10 @@ def test_bad_inputs_give_clear_errors(tiny_clip, setup):
         atk.run(x, torch.randn(6, 5))
     with pytest.raises(ValueError, match="targets contain NaN"):
         atk.run(x, torch.full((6, 32), float("nan")))
-    with pytest.raises(ValueError, match="bf16 autocast is for CUDA"):
-        EmbeddingAlignment(tiny_clip, bf16=True).run(x, target_classes=tc, class_weights=W)
+    with pytest.raises(ValueError, match="precision 'tf32' is a CUDA tensor-core mode; the images are on cpu"):
+        EmbeddingAlignment(tiny_clip, precision="tf32").run(x, target_classes=tc, class_weights=W)
+    with pytest.raises(ValueError, match="precision must be one of .*got 'fp16'"):
+        EmbeddingAlignment(tiny_clip, precision="fp16")
     with pytest.raises(ValueError, match="stop='class' needs class_weights"):
         EmbeddingAlignment(tiny_clip, stop="class").run(x, torch.randn(6, 32))
     with pytest.raises(TypeError, match="expected a VisionLanguageModel"):
@@ -332,6 +334,6 @@ def test_cuda_matches_cpu(tiny_clip, setup):
     steps_c = torch.tensor([r["steps"] for r in cpu_res.records], dtype=torch.float)
     steps_g = torch.tensor([r["steps"] for r in gpu_res.records], dtype=torch.float)
     assert float((steps_c - steps_g).abs().max()) <= 3  # sign steps: ties may break differently
-    bf = EmbeddingAlignment(gpu, bf16=True, **TINY).run(x.cuda(), target_classes=tc, class_weights=W.cuda())
+    bf = EmbeddingAlignment(gpu, precision="bf16", **TINY).run(x.cuda(), target_classes=tc, class_weights=W.cuda())
     assert float(bf.success.float().mean()) >= 5 / 6
     assert float((bf.images.cpu() - x).abs().max()) <= EPS + 1e-6

@@ -47,8 +47,8 @@ def test_existing_option_names_keep_working():
     assert (a.max_steps, a.optimizer, a.quantize, a.targets, a.progress) == (5, "adam", False, 2, False)
     assert a.eps == pytest.approx(8 / 255)
     s = sub["study"].parse_args(["--noise-n", "64", "--spectra-pairs", "3", "--eot-images", "2",
-                                 "--noise-sigmas", "0.1/255", "1/255", "--max-steps", "7", "--bf16"])
-    assert (s.noise_n, s.spectra_pairs, s.detect_eot_images, s.max_steps, s.bf16) == (64, 3, 2, 7, True)
+                                 "--noise-sigmas", "0.1/255", "1/255", "--max-steps", "7", "--precision", "bf16"])
+    assert (s.noise_n, s.spectra_pairs, s.detect_eot_images, s.max_steps, s.precision) == (64, 3, 2, 7, "bf16")
     assert s.noise_sigmas == pytest.approx((0.1 / 255, 1 / 255))
     assert s.out == "runs/study" and s.device == "auto"
     for command in COMMANDS:

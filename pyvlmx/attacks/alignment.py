@@ -34,10 +34,10 @@ from pyvlmx.attacks.base import Attack, register_attack
 from pyvlmx.attacks.budget import Budget, quantize_8bit, quantize_to_budget
 from pyvlmx.attacks.config import (DEFAULT_GD_STEP, DEFAULT_REL_STEP, ERRORS, GRADIENTS, LOSSES,  # noqa: F401
                                    MINIMAL, NORMS, OPTIMIZERS, STOPS, AlignmentConfig)
-from pyvlmx.attacks.engine import Parts
+from pyvlmx.attacks.engine import Parts, encode_blocks
 from pyvlmx.attacks.gradient import ExactGradient, FixedJacobianGradient
 from pyvlmx.attacks.objective import Objective
-from pyvlmx.attacks.search import BudgetSearch, Outcome
+from pyvlmx.attacks.search import BudgetSearch, ContinuousSearch, Outcome
 from pyvlmx.attacks.steps import make_step_rule
 from pyvlmx.attacks.stop import StopRule
 from pyvlmx.models.base import check_pixels
@@ -95,10 +95,9 @@ class EmbeddingAlignment(Attack):
     config_class = AlignmentConfig
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.bf16:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model.encode_image(x).float()
-        return self.model.encode_image(x)
+        """The fp32 embeddings every reported figure comes from."""
+        return self._precision.certify(x) if getattr(self, "_precision", None) is not None \
+            else self.model.encode_image(x)
 
     def _check_targets(self, B, images, targets, target_images, target_classes, class_weights):
         D = self.model.embed_dim
@@ -157,7 +156,9 @@ class EmbeddingAlignment(Attack):
             labels: torch.Tensor | Sequence[int] | None = None,
             seeds: Sequence[int] | None = None,
             eps: float | torch.Tensor | None = None,
-            on_done: Callable[[list[int], list[dict], torch.Tensor], None] | None = None) -> AlignmentResult:
+            on_done: Callable[[list[int], list[dict], torch.Tensor], None] | None = None,
+            batch_size: int | None = None, schedule: str = "fixed", order: Sequence[int] | None = None,
+            pad: bool = True) -> AlignmentResult:
         """Align every image to its target.
 
         Args:
@@ -175,6 +176,18 @@ class EmbeddingAlignment(Attack):
             eps: budget override, a number or (B,) per-sample values.
             on_done: called as samples become final with (indices, records,
                 images (k, 3, H, W)), e.g. to stream records to disk.
+            batch_size: samples stepped together (default: all B).
+            schedule: "fixed": the samples run as one batch that shrinks as
+                they finish (each round of a minimal-budget search in
+                lockstep); "continuous": ``batch_size`` slots are kept busy,
+                a finished sample's slot taken by the next pending one
+                (:class:`~pyvlmx.attacks.engine.SlotLoop`).  A sample's
+                record does not depend on the schedule or its companions
+                beyond float rounding of the encoder at another batch shape.
+            order: the order samples enter the slots (continuous; default 0..B-1).
+            pad: continuous only: compute all slots every step (fixed
+                shapes; records independent of companions bit for bit), or
+                only the occupied ones (False).
 
         Returns:
             :class:`AlignmentResult`. Each record holds the attack's
@@ -187,13 +200,25 @@ class EmbeddingAlignment(Attack):
             ``label``, ``psnr`` (None when identical), ``ssim``, ``linf``,
             ``l2``, ``survives_rounding``).
         """
+        from pyvlmx.attacks.precision import Precision, resolve_precision
+
         cfg = self.config
         model = self.model
         check_pixels(images, model.image_size, name="images")
         B = images.shape[0]
         device = images.device
-        if cfg.bf16 and device.type != "cuda":
-            raise ValueError(f"embedding-alignment: bf16 autocast is for CUDA devices, images are on {device}")
+        if schedule not in ("fixed", "continuous"):
+            raise ValueError(f"embedding-alignment: schedule must be 'fixed' or 'continuous', got {schedule!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"embedding-alignment: batch_size must be an integer >= 1, got {batch_size!r}")
+        if schedule == "fixed" and batch_size is not None and batch_size < B:
+            raise ValueError(f"embedding-alignment: the fixed schedule runs the {B} images as one batch; "
+                             f"give schedule='continuous' for {batch_size} slots")
+        if order is not None and sorted(int(i) for i in order) != list(range(B)):
+            raise ValueError(f"embedding-alignment: order must be a permutation of 0..{B - 1}")
+        prec = resolve_precision(cfg.precision, device)  # names the device when it cannot run it
+        self._precision = Precision(model.encode_image, prec, device)
         targets, target_classes = self._check_targets(B, images, targets, target_images, target_classes,
                                                       class_weights)
         if labels is not None:
@@ -209,11 +234,13 @@ class EmbeddingAlignment(Attack):
         checking = model.check_inputs
         model.check_inputs = False
         try:
+            fixed_shape = schedule == "continuous" and pad  # every recorded forward at one batch shape
+            enc = (lambda v: encode_blocks(self._encode, v)) if fixed_shape else self._encode
             with torch.no_grad():
                 x0 = images.detach().to(torch.float32)
-                emb0 = self._encode(x0)
+                emb0 = enc(x0)
                 if target_images is not None:
-                    t = self._encode(target_images.detach().to(torch.float32))
+                    t = enc(target_images.detach().to(torch.float32))
                 elif targets is not None:
                     t = targets.detach().to(device=device, dtype=torch.float32)
                 else:
@@ -230,15 +257,28 @@ class EmbeddingAlignment(Attack):
             records: list[dict | None] = [None] * B
 
             def on_final(gidx: torch.Tensor) -> None:
-                recs = self._records(out, gidx, x0, emb0, t, W, tc, labels, objective, stop)
+                if fixed_shape:  # one sample at a time: its metrics do not depend on who finished with it
+                    recs = [r for i in gidx.tolist() for r in
+                            self._records(out, torch.tensor([i]), x0, emb0, t, W, tc, labels, objective, stop)]
+                else:
+                    recs = self._records(out, gidx, x0, emb0, t, W, tc, labels, objective, stop)
                 for i, r in zip(gidx.tolist(), recs):
                     records[i] = r
                 if on_done is not None:
                     on_done(gidx.tolist(), recs, out.images[gidx.to(device)])
 
-            search = BudgetSearch(parts, self._make_budget, minimal=cfg.minimal, eps_schedule=cfg.eps_schedule,
-                                  bisect_steps=cfg.bisect_steps, random_start=cfg.random_start)
-            search.run(x0, eps_t, seeds, out, on_final)
+            if schedule == "fixed":
+                search = BudgetSearch(parts, self._make_budget, minimal=cfg.minimal,
+                                      eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
+                                      random_start=cfg.random_start)
+                search.run(x0, eps_t, seeds, out, on_final)
+            else:
+                search = ContinuousSearch(
+                    parts, cfg.default_step, norm=cfg.norm, step_kind=make_step_rule(cfg.optimizer).step_kind(cfg.norm),
+                    minimal=cfg.minimal, eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
+                    random_start=cfg.random_start, batch_size=min(batch_size or B, B), pad=pad,
+                    refill="half" if cfg.gradient == "fixed_jacobian" else "eager")
+                search.run(x0, eps_t.cpu(), seeds, out, on_final, order=order)
         finally:
             model.check_inputs = checking
         missing = [i for i, r in enumerate(records) if r is None]
@@ -262,10 +302,11 @@ class EmbeddingAlignment(Attack):
         """This attack's parts for one run (what the engine loop combines)."""
         cfg = self.config
         source = ExactGradient if cfg.gradient == "exact" else FixedJacobianGradient
-        return Parts(encode=self._encode, objective=objective, stop=stop,
-                     gradient=source(self._encode, objective),
+        prec = self._precision
+        return Parts(encode=prec.search, objective=objective, stop=stop,
+                     gradient=source(prec.search, objective),
                      make_step_rule=lambda: make_step_rule(cfg.optimizer, cfg.adam_betas),
-                     quantize=cfg.quantize, max_steps=cfg.max_steps, errors=cfg.errors)
+                     quantize=cfg.quantize, max_steps=cfg.max_steps, errors=cfg.errors, precision=prec)
 
     def _make_budget(self, eps: torch.Tensor) -> Budget:
         cfg = self.config
@@ -294,7 +335,9 @@ class EmbeddingAlignment(Attack):
         recs = []
         for j, i in enumerate(gidx.tolist()):
             rec = out.bookkeeping(i)
-            rec.update(loss=float(loss[j]), quantized=bool(cfg.quantize))
+            # certified: the success was judged by an fp32 forward (of the saved 8-bit image when quantizing)
+            rec.update(loss=float(loss[j]), quantized=bool(cfg.quantize), search_precision=self._precision.name,
+                       certified=bool(rec["success"]))
             rec.update(metrics[j])
             recs.append(rec)
         return recs

@@ -63,8 +63,10 @@ class Budget:
 
     Args:
         norm: "linf", "l2" or "none".
-        eps: (B,) radii in pixels (float32, on the images' device).
-        step_sizes: (B,) pixels per step.
+        eps: (B,) radii in pixels (float32; on the host for continuous
+            batching, so :func:`pyvlmx.ops.projected_step` checks them without
+            reading device memory).
+        step_sizes: (B,) pixels per step (same device as ``eps``).
         step_kind: how :func:`pyvlmx.ops.projected_step` turns a direction
             into a step: "sign", "l2" (unit L2 direction) or "raw".
     """
@@ -87,21 +89,26 @@ class Budget:
         """The 8-bit image of rows ``z`` inside their budgets (rows ``pos``)."""
         if self.norm != "linf":
             return quantize_to_budget(z)
-        return quantize_to_budget(z, x0, self.eps[pos], "linf")
+        return quantize_to_budget(z, x0, self.eps[pos].to(z.device, non_blocking=True), "linf")
 
-    def start(self, x0: torch.Tensor, seeds: Sequence[int], random: bool) -> torch.Tensor:
-        """Start points: x0, or uniform in each sample's ball (seeded per sample, not per batch)."""
+    def start(self, x0: torch.Tensor, seeds: Sequence[int], random: bool,
+              eps: Sequence[float] | None = None) -> torch.Tensor:
+        """Start points: x0, or uniform in each sample's ball (seeded per sample, not per batch).
+
+        ``eps``: the rows' radii (default this budget's, row for row).
+        """
         if not random:
             return x0.clone()
-        noise = torch.empty_like(x0)
+        radii = self.eps.tolist() if eps is None else list(eps)
+        noise = torch.empty(x0.shape, dtype=x0.dtype)
         for j, seed in enumerate(seeds):
             g = torch.Generator().manual_seed(int(seed))
-            e = float(self.eps[j])
+            e = float(radii[j])
             if self.norm == "linf":
                 n = torch.rand(x0.shape[1:], generator=g) * 2 - 1
-                noise[j] = (n * e).to(x0.device)
+                noise[j] = n * e
             else:  # l2: uniform in the ball
                 n = torch.randn(x0.shape[1:], generator=g)
                 r = float(torch.rand((), generator=g)) ** (1.0 / n.numel())
-                noise[j] = (n / n.norm() * r * e).to(x0.device)
-        return (x0 + noise).clamp(0, 1)
+                noise[j] = n / n.norm() * r * e
+        return (x0 + noise.to(x0.device, non_blocking=True)).clamp(0, 1)

@@ -19,6 +19,7 @@ STOPS = ("auto", "class", "cosine", "steps")
 MINIMAL = ("off", "escalate", "bisect")
 ERRORS = ("raise", "record")
 EOT_NOISES = ("gaussian", "uniform")
+from pyvlmx.attacks.precision import PRECISIONS  # noqa: E402
 
 # Default step sizes: sign and Adam steps move each pixel by about step_size,
 # so they are a fraction of the L-inf budget; plain gradient descent moves by
@@ -95,7 +96,10 @@ class AlignmentConfig:
     eot_weight: float = field(default=1.0, metadata=_help(
         "weight of the EOT term; the clean objective keeps weight 1 (set --eot-clean 0 to drop it)"))
     eot_clean: float = field(default=1.0, metadata=_help("weight of the objective on the clean input with EOT"))
-    bf16: bool = field(default=False, metadata=_help("run the encoder under bf16 autocast (CUDA)"))
+    precision: str = field(default="fp32", metadata=_help(
+        "precision of the search: fp32, tf32 (CUDA), bf16 (CUDA; CPUs with AMX/AVX-512 BF16) or auto (bf16 on "
+        "CUDA, fp32 on the CPU); every reported figure comes from an fp32 forward of the saved 8-bit image",
+        choices=PRECISIONS))
     errors: str = field(default="raise", metadata=_help(
         "on a non-finite embedding or gradient: raise, or record it as the sample's failure and go on",
         choices=ERRORS))
@@ -110,6 +114,7 @@ class AlignmentConfig:
         one_of(own, "minimal", self.minimal, MINIMAL)
         one_of(own, "errors", self.errors, ERRORS)
         one_of(own, "eot_noise", self.eot_noise, EOT_NOISES)
+        one_of(own, "precision", self.precision, PRECISIONS)
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"{own}: eps must be a finite number >= 0, got {self.eps!r}")
         if self.norm == "linf" and self.eps > 1:

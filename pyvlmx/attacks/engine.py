@@ -21,6 +21,7 @@ PSNR, predictions or files: evaluation is :mod:`pyvlmx.metrics`' job.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +30,7 @@ import torch
 from pyvlmx.attacks.budget import Budget
 from pyvlmx.attacks.gradient import GradientSource
 from pyvlmx.attacks.objective import Objective
+from pyvlmx.attacks.precision import Precision
 from pyvlmx.attacks.steps import StepRule
 from pyvlmx.attacks.stop import StopRule
 
@@ -42,7 +44,7 @@ class Leaving:
         images: (k, 3, H, W) final images (their 8-bit rounding when quantizing).
         embeddings: (k, D) embeddings of ``images``.
         success: (k,) bool.
-        steps: the step at which they left.
+        steps: the step at which they left (one int for all, or one per sample).
         reasons: k strings: "class reached", "cosine reached", "step limit",
             "ran N steps" or "non-finite ... at step N".
     """
@@ -51,8 +53,12 @@ class Leaving:
     images: torch.Tensor
     embeddings: torch.Tensor
     success: torch.Tensor
-    steps: int
+    steps: int | list[int]
     reasons: list[str]
+
+    def step_of(self, j: int) -> int:
+        """The step at which sample ``j`` of this group left."""
+        return self.steps if isinstance(self.steps, int) else self.steps[j]
 
 
 @dataclass
@@ -67,6 +73,17 @@ class Parts:
     quantize: bool
     max_steps: int
     errors: str  # "raise" or "record"
+    precision: Precision | None = None  # the search's precision and its certifying fp32 forward
+
+    @property
+    def certify(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward every reported result comes from (fp32; ``encode`` when none is set)."""
+        return self.encode if self.precision is None else self.precision.certify
+
+    @property
+    def exact(self) -> bool:
+        """The search forward is the certifying one (no second check needed without quantisation)."""
+        return self.precision is None or self.precision.exact
 
 
 def _fail_nonfinite(parts: Parts, what: str, rows: list[int], step: int) -> None:
@@ -117,10 +134,11 @@ def run_loop(parts: Parts, x0: torch.Tensor, idx: torch.Tensor, budget: Budget, 
             final_img = z.detach()
             final_emb = e
             if stop.rule != "steps" and bool(ok.any()):
-                if parts.quantize:
+                if parts.quantize or not parts.exact:
                     cand = ok.nonzero().squeeze(1)
-                    q = budget.quantize(z.detach()[cand], x0_loop[act[cand]], act[cand])
-                    eq = parts.encode(q)
+                    q = budget.quantize(z.detach()[cand], x0_loop[act[cand]], act[cand]) if parts.quantize \
+                        else z.detach()[cand]
+                    eq = parts.certify(q)
                     okq = stop.ok(eq, gidx[cand]) & torch.isfinite(eq).all(dim=1)
                     sel = cand[okq]
                     done[sel] = True
@@ -175,16 +193,343 @@ def _leave(parts, stop, budget, x0_loop, act, gidx, leaving, done, bad, final_im
             reasons.append("step limit")
     imgs = final_img[pos]
     embs = final_emb[pos]
-    if parts.quantize:  # failed samples too are returned as their 8-bit rounding
+    if parts.quantize or not parts.exact:  # failed samples too: their 8-bit rounding, its fp32 embedding
         nq = (~done[pos]) & (~bad[pos])
         if bool(nq.any()):
             sub = nq.nonzero().squeeze(1)
             imgs = imgs.clone()
             embs = embs.clone()
-            imgs[sub] = budget.quantize(imgs[sub], x0_loop[act[pos[sub]]], act[pos[sub]])
-            embs[sub] = parts.encode(imgs[sub])
+            if parts.quantize:
+                imgs[sub] = budget.quantize(imgs[sub], x0_loop[act[pos[sub]]], act[pos[sub]])
+            embs[sub] = parts.certify(imgs[sub])
     succ = done[pos]
     if stop.rule == "steps":  # judged once, on the final (rounded) image
         succ = stop.ok(embs, gidx[pos], stop.final) & ~bad[pos]
         reasons = [r if r != "step limit" else f"ran {k} steps" for r in reasons]
     return Leaving(gidx[pos], imgs, embs, succ, k, reasons)
+
+
+# --------------------------------------------------------------------------- continuous batching
+@dataclass
+class Job:
+    """One loop run of one sample: sample ``index`` (into the attack batch) at budget ``eps``."""
+
+    index: int
+    eps: float
+    step_size: float
+    seed: int
+    phase: str = "plain"  # the search round it is: "plain", "escalate" or "bisect"
+    round: int = 0
+    started: float = 0.0  # perf_counter() when it took a slot
+
+
+class JobQueue:
+    """Pending jobs; follow-up jobs of a search go to the front (a pair's rounds finish early)."""
+
+    def __init__(self, jobs: Sequence[Job] = ()):
+        from collections import deque
+
+        self._q = deque(jobs)
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def push_front(self, jobs: Sequence[Job]) -> None:
+        for j in reversed(list(jobs)):
+            self._q.appendleft(j)
+
+    def pop(self, n: int) -> list[Job]:
+        out = []
+        while self._q and len(out) < n:
+            out.append(self._q.popleft())
+        return out
+
+
+def _dev(values: Sequence[int], device) -> torch.Tensor:
+    """A host list as a device index tensor, copied without blocking (no host synchronisation)."""
+    return torch.tensor(list(values), dtype=torch.long).to(device, non_blocking=True)
+
+
+#: rows per forward of the fixed-shape checks (the fp32 check of 8-bit candidates, the originals' and
+#: targets' embeddings): a record's numbers then never depend on how many samples were checked with it
+CHECK_BLOCK = 4
+
+
+def encode_blocks(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  block: int = CHECK_BLOCK) -> torch.Tensor:
+    """``encode(x)`` computed in forwards of exactly ``block`` rows (the last one padded with zeros).
+
+    The encoder's rows do not interact, but float rounding in its matmuls
+    depends on the batch shape; at one shape a row's embedding is the same
+    bit for bit whatever the other rows hold.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return encode(x)
+    outs = []
+    for i in range(0, n, block):
+        part = x[i:i + block]
+        if part.shape[0] < block:
+            part = torch.cat([part, part.new_zeros((block - part.shape[0], *part.shape[1:]))])
+        outs.append(encode(part))
+    return torch.cat(outs)[:n]
+
+
+class _HostRead:
+    """Reads small device tensors on the host: a non-blocking copy into pinned memory, then a wait
+    on an event recorded after it (on CUDA; a plain copy on the CPU).  This is the loop's one
+    device-to-host transfer per step; it never calls a stream or device synchronisation."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, t: torch.Tensor) -> list:
+        if not self.cuda:
+            return t.tolist()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        ev.synchronize()
+        return host.tolist()
+
+
+class SlotLoop:
+    """Continuous batching: ``batch_size`` slots kept busy until the queue is empty.
+
+    When a sample leaves its slot (stop rule met, failure, step limit), the
+    next job takes the slot at step 0 with its own step-rule state, budget
+    and seed.  A sample's path depends only on its own job: its noise and
+    start are seeded per sample, its state is per slot, and the encoder's
+    rows do not mix.  ``on_leave(group, jobs)`` may push follow-up jobs (the
+    next budget of a search) to the queue.
+
+    Each :meth:`step` reads its decisions with one device-to-host transfer
+    (the stop, finite and gradient-finite flags of the live slots), plus one
+    more on the steps where some sample meets its stop rule (the fp32 check
+    of its 8-bit image).  Budgets and step sizes live on the host, so the
+    projected step validates them without reading device memory; index
+    lists go to the device with non-blocking copies.
+
+    Args:
+        parts: the attack's parts.
+        x0: (N, 3, H, W) originals of every sample a job may name.
+        queue: the jobs.
+        batch_size: B, the number of slots.
+        norm, step_kind: the budget's norm and the projected step's mode.
+        random_start: start uniformly in each job's ball.
+        on_leave: called with each :class:`Leaving` group (``index`` on the
+            host) and its jobs.
+        pad: compute all B slots every step (True, the default: fixed
+            shapes, what CUDA graphs and ``torch.compile`` need, and a
+            sample's rows see the same batch shape whoever its companions
+            are, so its record is the same bit for bit), or the occupied
+            ones only (False: less work in the tail on the CPU, where every
+            row costs its share; records then equal up to the float rounding
+            of the encoder at another batch size).
+        refill: "eager" fills a free slot at the next step; "half" waits
+            until half the slots are free (for the fixed-Jacobian gradient,
+            whose VJP closure is rebuilt when slots change).
+    """
+
+    def __init__(self, parts: Parts, x0: torch.Tensor, queue: JobQueue, batch_size: int, norm: str,
+                 step_kind: str, random_start: bool, on_leave: Callable[[Leaving, list[Job]], None], *,
+                 pad: bool = True, refill: str = "eager"):
+        from pyvlmx.attacks.budget import Budget
+
+        if refill not in ("eager", "half"):
+            raise ValueError(f"refill must be 'eager' or 'half', got {refill!r}")
+        B = int(batch_size)
+        if B < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.parts, self.x0, self.queue, self.B = parts, x0, queue, B
+        self.device = x0.device
+        self.pad = bool(pad)
+        self.refill = refill
+        self.random_start = random_start
+        self.on_leave = on_leave
+        self.read = _HostRead(self.device)
+        self.z = torch.zeros((B, *x0.shape[1:]), dtype=torch.float32, device=self.device)
+        self.xs = torch.zeros_like(self.z)
+        self.job: list[Job | None] = [None] * B
+        self.steps = [0] * B  # each slot's step
+        self.gbad = torch.zeros(B, dtype=torch.bool, device=self.device)  # last gradient was non-finite
+        self.budget = Budget(norm, torch.zeros(B, dtype=torch.float32), torch.zeros(B, dtype=torch.float32),
+                             step_kind)
+        self.rule = parts.make_step_rule()
+        self.rule.init(self.z)
+        self.fresh = True  # slots changed since the gradient source last started
+        self.entered = 0   # samples that took a slot since the last step (for tests and telemetry)
+
+    # ------------------------------------------------------------------ slots
+    def _fill(self) -> None:
+        free = [s for s in range(self.B) if self.job[s] is None]
+        self.entered = 0
+        if not free or not len(self.queue):
+            return
+        if self.refill == "half" and len(free) < self.B and len(free) * 2 < self.B:
+            return
+        new = self.queue.pop(len(free))
+        rows = free[:len(new)]
+        now = time.perf_counter()
+        for s, job in zip(rows, new):
+            job.started = now
+            self.job[s] = job
+            self.steps[s] = 0
+            self.budget.eps[s] = job.eps
+            self.budget.step_sizes[s] = job.step_size
+        r = _dev(rows, self.device)
+        xr = self.x0.index_select(0, _dev([j.index for j in new], self.device))
+        self.xs.index_copy_(0, r, xr)
+        self.z.index_copy_(0, r, self.budget.start(xr, [j.seed for j in new], self.random_start,
+                                                   [j.eps for j in new]))
+        self.gbad.index_fill_(0, r, False)
+        self.rule.reset(rows)
+        self.fresh = True
+        self.entered = len(new)
+
+    def _certify(self, x: torch.Tensor) -> torch.Tensor:
+        """The fp32 check forward: fixed blocks when padding (results independent of companions)."""
+        if self.pad:
+            return encode_blocks(self.parts.certify, x)
+        return self.parts.certify(x)
+
+    @property
+    def busy(self) -> int:
+        """Occupied slots."""
+        return sum(j is not None for j in self.job)
+
+    def run(self) -> None:
+        """Step until every job has left."""
+        while self.step():
+            pass
+
+    # ------------------------------------------------------------------- step
+    def step(self) -> bool:
+        """Fill free slots, then one step of every occupied slot; False when nothing is left to run."""
+        parts, stop, device = self.parts, self.parts.stop, self.device
+        self._fill()
+        occupied = [s for s in range(self.B) if self.job[s] is not None]
+        if not occupied:
+            return False
+        live = list(range(self.B)) if self.pad else occupied
+        live_t = _dev(live, device)
+        key_host = [self.job[s].index if self.job[s] is not None else 0 for s in live]
+        keys = _dev(key_host, device)
+        zb = self.z if self.pad else self.z.index_select(0, live_t)
+        xb = self.xs if self.pad else self.xs.index_select(0, live_t)
+        if self.fresh:
+            parts.gradient.start(self.xs)
+            self.fresh = False
+        if parts.gradient.needs_graph:
+            zb = zb.detach().requires_grad_(True)
+            emb = parts.encode(zb)
+        else:
+            with torch.no_grad():
+                emb = parts.encode(zb)
+        with torch.no_grad():
+            e = emb.detach()
+            finite = torch.isfinite(e).all(dim=1)
+            ok = stop.ok(e, keys) & finite
+            ok_h, fin_h, gbad_h = self.read(torch.stack([ok, finite, self.gbad.index_select(0, live_t)]))
+        rows = [j for j, s in enumerate(live) if self.job[s] is not None]
+        bad = [j for j in rows if not fin_h[j] or gbad_h[j]]
+        if bad:
+            what = "embedding" if any(not fin_h[j] for j in bad) else "gradient"
+            j0 = bad[0]
+            _fail_nonfinite(parts, what, [key_host[j] for j in bad],
+                            self.steps[live[j0]] - (1 if fin_h[j0] else 0))
+        done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        cand = [j for j in rows if ok_h[j] and fin_h[j] and not gbad_h[j]] if stop.rule != "steps" else []
+        if cand:
+            with torch.no_grad():
+                ct = _dev(cand, device)
+                zc = zb.detach().index_select(0, ct)
+                if parts.quantize or not parts.exact:
+                    q = self.budget.quantize(zc, xb.index_select(0, ct), torch.tensor([live[j] for j in cand])) \
+                        if parts.quantize else zc
+                    eq = self._certify(q)
+                    okq = self.read(stop.ok(eq, keys.index_select(0, ct)) & torch.isfinite(eq).all(dim=1))
+                    for n, j in enumerate(cand):
+                        if okq[n]:
+                            done[j] = (q[n], eq[n])
+                else:
+                    ec = e.index_select(0, ct)
+                    for n, j in enumerate(cand):
+                        done[j] = (zc[n], ec[n])
+        bad_set = set(bad)
+        limit = [j for j in rows if self.steps[live[j]] >= parts.max_steps and j not in done and j not in bad_set]
+        leaving = sorted(set(done) | bad_set | set(limit))
+        if leaving:
+            group = self._leave(zb.detach(), e, xb, live, key_host, leaving, done, fin_h, gbad_h)
+            jobs = [self.job[live[j]] for j in leaving]
+            for j in leaving:
+                self.job[live[j]] = None
+            self.on_leave(group, jobs)
+        stay = [j for j in rows if self.job[live[j]] is not None]
+        if stay:
+            self._move(zb, emb, keys, live, live_t, stay, key_host)
+        return True
+
+    def _move(self, zb, emb, keys, live, live_t, stay, key_host) -> None:
+        """The gradient step of rows ``stay``; a non-finite gradient leaves its sample where it was."""
+        device = self.device
+        stay_t = _dev(stay, device)
+        slots = [live[j] for j in stay]
+        g = self.parts.gradient(zb, emb, keys, live_t, stay_t, [self.steps[s] for s in slots],
+                                [key_host[j] for j in stay])
+        with torch.no_grad():
+            gfin = torch.isfinite(g.flatten(1)).all(dim=1)
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            g = torch.where(gfin.view(shape), g, torch.zeros_like(g))
+            direction = self.rule.direction(g, slots)
+            sd = _dev(slots, device)
+            zs = self.z.index_select(0, sd)
+            moved = self.budget.step(zs, self.xs.index_select(0, sd), direction, torch.tensor(slots))
+            self.z.index_copy_(0, sd, torch.where(gfin.view(shape), moved, zs))
+            self.gbad.index_copy_(0, sd, ~gfin)
+        for s in slots:
+            self.steps[s] += 1
+
+    def _leave(self, zb, e, xb, live, key_host, leaving, done, fin_h, gbad_h) -> Leaving:
+        """The :class:`Leaving` group of live rows ``leaving``: final images, fp32 embeddings, reasons."""
+        parts, stop, device = self.parts, self.parts.stop, self.device
+        n = len(leaving)
+        imgs = torch.empty((n, *zb.shape[1:]), dtype=zb.dtype, device=device)
+        embs = torch.empty((n, e.shape[1]), dtype=e.dtype, device=device)
+        reasons, succ, steps, limit = [], [], [], []
+        for i, j in enumerate(leaving):
+            k = self.steps[live[j]]
+            if j in done:
+                imgs[i], embs[i] = done[j]
+                reasons.append(stop.reason)
+            else:
+                imgs[i], embs[i] = zb[j], e[j]
+                if not fin_h[j]:
+                    reasons.append(f"non-finite embedding at step {k}")
+                elif gbad_h[j]:  # the gradient of the step before was non-finite; the image is that step's
+                    k -= 1
+                    reasons.append(f"non-finite gradient at step {k}")
+                else:
+                    reasons.append("step limit")
+                    limit.append(i)
+            steps.append(k)
+            succ.append(j in done)
+        if limit and (parts.quantize or not parts.exact):  # the 8-bit rounding of the last iterate, in fp32
+            lt = _dev(limit, device)
+            q = imgs.index_select(0, lt)
+            with torch.no_grad():
+                if parts.quantize:
+                    q = self.budget.quantize(q, xb.index_select(0, _dev([leaving[i] for i in limit], device)),
+                                             torch.tensor([live[leaving[i]] for i in limit]))
+                imgs.index_copy_(0, lt, q)
+                embs.index_copy_(0, lt, self._certify(q))
+        index = torch.tensor([key_host[j] for j in leaving], dtype=torch.long)
+        success = torch.tensor(succ, dtype=torch.bool)
+        if stop.rule == "steps":  # judged once, on the final (rounded) image
+            with torch.no_grad():
+                ok = torch.tensor(self.read(stop.ok(embs, index.to(device, non_blocking=True), stop.final)),
+                                  dtype=torch.bool)
+            success = ok & torch.tensor([r == "step limit" for r in reasons], dtype=torch.bool)
+            reasons = [r if r != "step limit" else f"ran {k} steps" for r, k in zip(reasons, steps)]
+        return Leaving(index, imgs, embs, success, steps, reasons)

@@ -28,18 +28,20 @@ class GradientSource:
         """A new loop over samples with originals ``x0`` (rows of the batch)."""
 
     def __call__(self, z: torch.Tensor, emb: torch.Tensor, gidx: torch.Tensor, act: torch.Tensor,
-                 rows: torch.Tensor, step: int) -> torch.Tensor:
+                 rows: torch.Tensor, step, keys=None) -> torch.Tensor:
         """Gradient of the objective for batch rows ``rows``: (len(rows), ...).
 
         ``z`` (R, ...) is the batch, ``emb`` its embeddings, ``gidx`` (R,) the
-        rows' sample indices and ``act`` (R,) their positions in the loop.
+        rows' sample indices and ``act`` (R,) their positions in the loop
+        (slots, in continuous batching); ``step`` the step (one, or one per
+        row of ``rows``) and ``keys`` the rows' sample indices on the host.
         """
         raise NotImplementedError
 
 
 class ExactGradient(GradientSource):
-    def __call__(self, z, emb, gidx, act, rows, step):
-        loss = self.objective.total(self.encode, z, emb, gidx, rows, step)
+    def __call__(self, z, emb, gidx, act, rows, step, keys=None):
+        loss = self.objective.total(self.encode, z, emb, gidx, rows, step, keys)
         (g,) = torch.autograd.grad(loss, z)
         return g[rows]
 
@@ -60,7 +62,7 @@ class FixedJacobianGradient(GradientSource):
         self.x0 = x0
         self.closure = None
 
-    def __call__(self, z, emb, gidx, act, rows, step):
+    def __call__(self, z, emb, gidx, act, rows, step, keys=None):
         e = emb.detach()[rows].clone().requires_grad_(True)
         with torch.enable_grad():
             lk = self.objective.rows(e, gidx[rows]).sum()

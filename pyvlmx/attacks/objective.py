@@ -67,11 +67,16 @@ class Objective:
         return -class_gap(emb, self.W, self.tc[idx])
 
     def total(self, encode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, emb: torch.Tensor,
-              idx: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+              idx: torch.Tensor, rows: torch.Tensor, step: int | Sequence[int],
+              keys: Sequence[int] | None = None) -> torch.Tensor:
         """The scalar objective summed over batch rows ``rows`` (embeddings ``emb`` of ``z``).
 
         Without EOT this is ``rows(emb[rows]).sum()``; with EOT, K noisy
         copies of those rows are encoded too (differentiably through ``z``).
+        ``step`` is the step of every row, or one step per row of ``rows``
+        (continuous batching: each sample is at its own step); it and the
+        sample's seed pick the noise. ``keys`` are the rows' sample indices on
+        the host, when the caller has them (else read from ``idx``).
         """
         gidx = idx[rows]
         clean = self.rows(emb[rows], gidx).sum()
@@ -81,11 +86,13 @@ class Objective:
 
         K = self.eot_samples
         zr = z[rows]
+        steps = [int(step)] * zr.shape[0] if isinstance(step, int) else [int(s) for s in step]
+        keys = gidx.tolist() if keys is None else keys
         noise = torch.stack([
             draw_noise((K, *zr.shape[1:]), self.eot_sigma, kind=self.eot_noise,
-                       generator=torch.Generator().manual_seed(_mix(self.seeds[int(i)], step)),
+                       generator=torch.Generator().manual_seed(_mix(self.seeds[int(i)], k)),
                        dtype=zr.dtype)
-            for i in gidx.tolist()]).to(zr.device)                       # (R, K, 3, H, W)
+            for i, k in zip(keys, steps)]).to(zr.device, non_blocking=True)   # (R, K, 3, H, W)
         xn = (zr[:, None] + noise).clamp(0, 1).flatten(0, 1)
         en = encode(xn)
         noisy = self.rows(en, gidx.repeat_interleave(K)).sum() / K

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from pyvlmx.attacks.budget import Budget
-from pyvlmx.attacks.engine import Leaving, Parts, run_loop
+from pyvlmx.attacks.engine import Job, JobQueue, Leaving, Parts, SlotLoop, run_loop
 
 
 class Outcome:
@@ -37,19 +37,24 @@ class Outcome:
         self.rounds = torch.zeros(B, dtype=torch.long)
         self.total_steps = torch.zeros(B, dtype=torch.long)
 
-    def store(self, ev: Leaving, eps_now: Sequence[float], t_start: float) -> None:
+    def store(self, ev: Leaving, eps_now: Sequence[float], t_start: float | Sequence[float]) -> None:
+        """Record a group that left the loop at budgets ``eps_now``; wall time counts from ``t_start``
+        (one time, or one per sample)."""
         gl = ev.index.tolist()
-        self.images[ev.index] = ev.images.to(self.images.dtype)
-        self.emb[ev.index] = ev.embeddings
-        now = time.perf_counter() - t_start
+        where = ev.index.to(self.images.device, non_blocking=True)
+        self.images.index_copy_(0, where, ev.images.to(self.images.dtype))
+        self.emb.index_copy_(0, where, ev.embeddings.to(self.emb.dtype))
+        now = time.perf_counter()
+        succ = ev.success.tolist()
         for j, i in enumerate(gl):
-            self.success[i] = bool(ev.success[j])
-            self.steps[i] = ev.steps
-            self.total_steps[i] += ev.steps
+            k = ev.step_of(j)
+            self.success[i] = bool(succ[j])
+            self.steps[i] = k
+            self.total_steps[i] += k
             self.reason[i] = ev.reasons[j]
             self.rounds[i] += 1
             self.eps[i] = float(eps_now[j])
-            self.wall[i] = now
+            self.wall[i] = now - (t_start if isinstance(t_start, (int, float)) else t_start[j])
 
     def bookkeeping(self, i: int) -> dict:
         """The attack's own record of sample i (no metrics: see :mod:`pyvlmx.metrics`)."""
@@ -146,11 +151,11 @@ class BudgetSearch:
                 pos = torch.searchsorted(_cand, ev.index)
                 for j, i in enumerate(ev.index.tolist()):
                     me = float(_mid[pos[j]])
-                    out.total_steps[i] += ev.steps
+                    out.total_steps[i] += ev.step_of(j)
                     out.rounds[i] += 1
                     if bool(ev.success[j]):
                         hi[i] = me
-                        best[i] = (ev.images[j].clone(), ev.embeddings[j].clone(), ev.steps, ev.reasons[j])
+                        best[i] = (ev.images[j].clone(), ev.embeddings[j].clone(), ev.step_of(j), ev.reasons[j])
                     else:
                         lo[i] = me
 
@@ -166,3 +171,137 @@ class BudgetSearch:
             out.wall[i] = now
         if best:
             on_final(torch.tensor(sorted(best), device=device))
+
+
+class ContinuousSearch:
+    """The same search, one sample at a time, over continuously batched slots.
+
+    Each (sample, budget) round is a :class:`~pyvlmx.attacks.engine.Job`;
+    when a round leaves its slot the sample's next round (the next budget of
+    the schedule, or the next bisection midpoint) goes to the front of the
+    queue, so a sample's rounds follow each other and it becomes final as
+    soon as its own search ends.  The decisions are the same as
+    :class:`BudgetSearch`'s, sample by sample, so a sample's record does not
+    depend on which samples share its slots.
+
+    Args:
+        parts: the attack's parts.
+        step_size: ``eps -> pixels per step``.
+        norm, step_kind: the budget's norm and the projected step's mode.
+        minimal, eps_schedule, bisect_steps, random_start: as in :class:`BudgetSearch`.
+        batch_size: slots.
+        pad, refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`.
+    """
+
+    def __init__(self, parts: Parts, step_size: Callable[[float], float], *, norm: str, step_kind: str,
+                 minimal: str, eps_schedule: Sequence[float], bisect_steps: int, random_start: bool,
+                 batch_size: int, pad: bool = True, refill: str = "eager"):
+        self.parts = parts
+        self.step_size = step_size
+        self.norm, self.step_kind = norm, step_kind
+        self.minimal = minimal
+        self.schedule = [float(e) for e in eps_schedule]
+        self.bisect_steps = bisect_steps
+        self.random_start = random_start
+        self.batch_size = batch_size
+        self.pad, self.refill = pad, refill
+        self.loop: SlotLoop | None = None
+
+    def _job(self, i: int, eps: float, seeds, phase: str, rnd: int = 0) -> Job:
+        e = _f32(eps)  # budgets are float32 tensors in BudgetSearch: the same values here
+        return Job(i, e, float(self.step_size(e)), int(seeds[i]), phase, rnd)
+
+    def run(self, x0: torch.Tensor, eps: torch.Tensor, seeds: Sequence[int], out: Outcome,
+            on_final: Callable[[torch.Tensor], None], order: Sequence[int] | None = None) -> None:
+        """Run every sample of ``x0`` (in ``order``, default 0..B-1) to its final result."""
+        B = x0.shape[0]
+        order = list(range(B)) if order is None else [int(i) for i in order]
+        if self.minimal == "off":
+            eps_h = eps.tolist()
+            first = [self._job(i, eps_h[i], seeds, "plain") for i in order]
+        else:
+            first = [self._job(i, self.schedule[0], seeds, "escalate", 0) for i in order]
+        queue = JobQueue(first)
+        lo = [0.0] * B
+        hi = [float("nan")] * B
+        left = [self.bisect_steps] * B  # bisection rounds still to run
+        best: dict[int, tuple] = {}
+        started: dict[int, float] = {}
+        last_round = len(self.schedule) - 1
+
+        def leave(ev: Leaving, jobs: list[Job]) -> None:
+            final, follow = [], []
+            succ = ev.success.tolist()
+            index = ev.index.tolist()
+            for j, (i, job) in enumerate(zip(index, jobs)):
+                started.setdefault(i, job.started)
+            stored = [j for j, job in enumerate(jobs) if job.phase != "bisect"]
+            if stored:  # plain and escalation rounds are the sample's outcome until bisection improves on it
+                sub = _subset(ev, stored)
+                out.store(sub, [jobs[j].eps for j in stored], [started[index[j]] for j in stored])
+            for j, (i, job) in enumerate(zip(index, jobs)):
+                nonfinite = ev.reasons[j].startswith("non-finite")
+                if job.phase == "plain":
+                    final.append(i)
+                elif job.phase == "escalate":
+                    if succ[j]:
+                        hi[i] = _f32(job.eps)
+                        if self.minimal == "bisect" and left[i] > 0:
+                            best[i] = (out.images[i].clone(), out.emb[i].clone(), int(out.steps[i]), out.reason[i])
+                            follow.append(self._job(i, _mid(lo[i], hi[i]), seeds, "bisect"))
+                        else:
+                            final.append(i)
+                    else:
+                        lo[i] = job.eps
+                        if job.round == last_round or nonfinite:
+                            final.append(i)
+                        else:
+                            follow.append(self._job(i, self.schedule[job.round + 1], seeds, "escalate",
+                                                    job.round + 1))
+                else:  # a bisection round: counts its steps, keeps the smallest success
+                    out.total_steps[i] += ev.step_of(j)
+                    out.rounds[i] += 1
+                    if succ[j]:
+                        hi[i] = job.eps
+                        best[i] = (ev.images[j].clone(), ev.embeddings[j].clone(), ev.step_of(j), ev.reasons[j])
+                    else:
+                        lo[i] = job.eps
+                    left[i] -= 1
+                    if left[i] > 0:
+                        follow.append(self._job(i, _mid(lo[i], hi[i]), seeds, "bisect"))
+                    else:
+                        final.append(i)
+            queue.push_front(follow)
+            now = time.perf_counter()
+            for i in final:
+                if i in best:  # a bisected sample: its best (smallest-budget) success
+                    img, emb, steps, reason = best.pop(i)
+                    out.images[i] = img
+                    out.emb[i] = emb
+                    out.steps[i] = steps
+                    out.reason[i] = reason
+                    out.success[i] = True
+                    out.eps[i] = float(hi[i])
+                    out.wall[i] = now - started[i]
+            if final:
+                on_final(torch.tensor(sorted(final)))
+
+        self.loop = SlotLoop(self.parts, x0, queue, self.batch_size, self.norm, self.step_kind, self.random_start,
+                             leave, pad=self.pad, refill=self.refill)
+        self.loop.run()
+
+
+def _f32(v: float) -> float:
+    return float(torch.tensor(float(v), dtype=torch.float32))
+
+
+def _mid(lo: float, hi: float) -> float:
+    """(lo + hi) / 2 in float32, as BudgetSearch computes it on its budget tensors."""
+    return float((torch.tensor(lo, dtype=torch.float32) + torch.tensor(hi, dtype=torch.float32)) / 2)
+
+
+def _subset(ev: Leaving, rows: Sequence[int]) -> Leaving:
+    r = torch.tensor(list(rows), dtype=torch.long)
+    steps = ev.steps if isinstance(ev.steps, int) else [ev.steps[j] for j in rows]
+    return Leaving(ev.index[r], ev.images[r.to(ev.images.device)], ev.embeddings[r.to(ev.embeddings.device)],
+                   ev.success[r], steps, [ev.reasons[j] for j in rows])

@@ -8,9 +8,12 @@ direction the budget's projected step descends along:
     gd     g as is, moved by step_size * g (plain gradient descent, the paper)
     adam   m_hat / (sqrt(v_hat) + 1e-12) with Adam's moments (Kingma, Ba 2015)
 
-State lives per sample (Adam's moments and its step count) and follows a
-sample when others leave the batch (:meth:`StepRule.keep`); a sample that
-enters starts from zero state (:meth:`StepRule.add`).
+State lives per sample (Adam's moments and its step count). In a shrinking
+batch it follows a sample when others leave (:meth:`StepRule.keep`) and a
+sample that enters starts from zero state (:meth:`StepRule.add`); in the
+fixed slots of continuous batching a slot's state is zeroed when a new
+sample takes it (:meth:`StepRule.reset`) and a step reads and writes the
+state of the slots it moves (``direction(g, rows)``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,15 @@ class StepRule:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep the state of batch rows ``rows`` only (others left)."""
 
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """Direction for the gradient ``g`` (one row per state row); advances the state."""
+    def reset(self, rows: list[int]) -> None:
+        """Zero the state of rows ``rows`` (a new sample takes those slots)."""
+
+    def direction(self, g: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """Direction for the gradient ``g``; advances the state.
+
+        ``rows`` None: ``g`` has one row per state row. Else ``g`` holds the
+        gradients of state rows ``rows`` (slot positions), in that order.
+        """
         return g
 
 
@@ -78,18 +88,38 @@ class AdamStep(StepRule):
         rl = rows.tolist()
         self.count = [self.count[r] for r in rl]
 
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
+    def reset(self, rows: list[int]) -> None:
+        if rows:
+            r = torch.tensor(rows).to(self.m.device, non_blocking=True)
+            self.m.index_fill_(0, r, 0.0)
+            self.v.index_fill_(0, r, 0.0)
+            for i in rows:
+                self.count[i] = 0
+
+    def direction(self, g: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         b1, b2 = self.b1, self.b2
-        m = b1 * self.m + (1 - b1) * g
-        v = b2 * self.v + (1 - b2) * g * g
-        steps = [c + 1 for c in self.count]
+        if rows is None:
+            m0, v0, counts = self.m, self.v, self.count
+        else:
+            r = torch.tensor(rows).to(g.device, non_blocking=True)
+            m0, v0, counts = self.m.index_select(0, r), self.v.index_select(0, r), [self.count[i] for i in rows]
+        m = b1 * m0 + (1 - b1) * g
+        v = b2 * v0 + (1 - b2) * g * g
+        steps = [c + 1 for c in counts]
         # per-sample bias corrections, computed in float64 on the host like a Python scalar would be
+        # (a CPU tensor copied without blocking: no host synchronisation)
         shape = (-1,) + (1,) * (g.dim() - 1)
-        c1 = torch.tensor([1 - b1 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
-        c2 = torch.tensor([1 - b2 ** k for k in steps], dtype=g.dtype, device=g.device).view(shape)
+        c1 = torch.tensor([1 - b1 ** k for k in steps], dtype=g.dtype).to(g.device, non_blocking=True).view(shape)
+        c2 = torch.tensor([1 - b2 ** k for k in steps], dtype=g.dtype).to(g.device, non_blocking=True).view(shape)
         mhat, vhat = m / c1, v / c2
-        self.m, self.v = m, v
-        self.count = steps
+        if rows is None:
+            self.m, self.v = m, v
+            self.count = steps
+        else:
+            self.m.index_copy_(0, r, m)
+            self.v.index_copy_(0, r, v)
+            for i, k in zip(rows, steps):
+                self.count[i] = k
         return mhat / (vhat.sqrt() + self.eps)
 
 

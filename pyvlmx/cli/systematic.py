@@ -47,8 +47,9 @@ def _run(args) -> int:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
-    if attack.get("bf16") and not device.startswith("cuda"):
-        raise ValueError("--bf16 (autocast) is for CUDA devices; add --device cuda")
+    from pyvlmx.attacks.precision import resolve_precision
+
+    resolve_precision(attack.get("precision", "fp32"), device)  # before the model loads: names the device
     if args.threads:
         torch.set_num_threads(args.threads)
     # before the model loads: the data folder exists and has the classes --targets asks for

@@ -15,10 +15,13 @@ from typing import Any
 from pyvlmx.config import coerce_config, config_fields
 
 TARGET_MODES = ("text", "image")
+SCHEDULES = ("continuous", "fixed")
 DEFAULT_ATTACK = "embedding-alignment"
 # The sweep's attack defaults: the attack's own, but a failing pair is
-# recorded, not raised (applied when the attack is given by name or options).
-ATTACK_DEFAULTS: dict[str, Any] = {"errors": "record"}
+# recorded, not raised, and the search runs in the fastest precision the
+# device supports (results are certified in fp32 either way); applied when
+# the attack is given by name or options.
+ATTACK_DEFAULTS: dict[str, Any] = {"errors": "record", "precision": "auto"}
 
 
 def parse_targets(text: str | int, *, name: str = "targets") -> str | int:
@@ -50,7 +53,15 @@ class SweepConfig:
     target_mode: str = field(default="text", metadata={
         "help": "target: text = the class's text embedding, image = the embedding of an image of that class",
         "choices": TARGET_MODES})
-    batch_size: int = field(default=32, metadata={"help": "pairs per batch (one batched attack run)"})
+    batch_size: int = field(default=32, metadata={
+        "help": "pairs stepped together: the slots of the continuous schedule, the chunk of the fixed one"})
+    schedule: str = field(default="continuous", metadata={
+        "help": "continuous: a finished pair's slot is taken at once by the next pending pair; fixed: chunks "
+                "of batch-size pairs, each run until its slowest pair is done", "choices": SCHEDULES})
+    fixed_shapes: bool = field(default=True, metadata={
+        "help": "continuous: step all batch-size slots every step (a pair's record is the same bit for bit "
+                "whichever pairs share its batch); off: only occupied slots (less work in the tail on the CPU, "
+                "records equal up to float rounding)"})
     templates: str = field(default="short", metadata={
         "help": "prompt set for the class text embeddings (short, imagenet, clip-short, name)"})
     seed: int = field(default=0, metadata={
@@ -68,6 +79,8 @@ class SweepConfig:
     def validate(self) -> None:
         own = "sweep"
         self.targets = parse_targets(self.targets, name=f"{own}: targets")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{own}: schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.target_mode not in TARGET_MODES:
             raise ValueError(f"{own}: target_mode must be one of {list(TARGET_MODES)}, got {self.target_mode!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -1,20 +1,28 @@
 """The systematic sweep: align every image to every other class, classify, record.
 
 ``run_sweep(model, dataset, out_dir, attack=..., sweep=...)`` runs the pair list
-(:func:`pyvlmx.systematic.pairs.build_pairs`) in fixed chunks of
-``batch_size`` pairs; each chunk is one batched
-:class:`~pyvlmx.attacks.EmbeddingAlignment` run whose samples stop on their
-own.  Records stream to ``shards/rank<r>-of<N>.jsonl`` as pairs finish
-(one line each, fsync'd).
+(:func:`pyvlmx.systematic.pairs.build_pairs`) through
+:class:`~pyvlmx.attacks.EmbeddingAlignment`, whose samples stop on their own.
+Two schedules:
 
-Resume and sharding give the same results as one uninterrupted process,
-because a chunk's members depend only on the pair list and ``batch_size``:
+* ``continuous`` (default): ``batch_size`` slots are kept busy; when a pair
+  leaves (success, failure, step limit) the next pending pair of this rank
+  takes its slot at step 0 (:class:`~pyvlmx.attacks.engine.SlotLoop`).  With
+  ``fixed_shapes`` every forward runs at one batch shape, so a pair's record
+  is the same bit for bit whichever pairs share its batch;
+* ``fixed``: chunks of ``batch_size`` pairs, each run until its slowest pair
+  is done (the batch shrinks as pairs finish).
 
-* restart on the same folder: chunks whose pairs are all recorded are
-  skipped; a chunk cut short is recomputed whole (same batch, same numbers)
-  and only its missing pairs are written;
-* ``torchrun --nproc_per_node=N``: chunk k runs on rank k mod N (no padding,
-  no duplicates), each rank writes its own shard, rank 0 merges at the end
+Records stream to ``shards/rank<r>-of<N>.jsonl`` as pairs finish (one line
+each, fsync'd).  Resume and sharding give the same results as one
+uninterrupted process:
+
+* restart on the same folder: continuous runs only the missing pairs (their
+  records do not depend on companions); fixed skips chunks whose pairs are
+  all recorded and recomputes a chunk cut short whole (same batch, same
+  numbers), writing only its missing pairs;
+* ``torchrun --nproc_per_node=N``: chunk k of ``batch_size`` pairs belongs
+  to rank k mod N (no duplicates), each rank writes its own shard, rank 0 merges at the end
   (``pyvlmx merge DIR`` does the same by hand).
 
 Every pair's seed is a function of (seed, image, target) only.  Bit-identical
@@ -98,7 +106,7 @@ def _check_config(out_dir: Path, config: dict, rank: int, world: int, device: to
 
 
 def sweep_config(model, dataset, *, attack, targets, target_mode, batch_size, templates, seed, max_images,
-                 quantize_inputs, device) -> dict:
+                 quantize_inputs, device, schedule="fixed", fixed_shapes=True) -> dict:
     classnames = list(dataset.classnames)
     paths = _paths(dataset)
     digest = hashlib.sha256("\n".join(f"{p}\t{y}" for p, y in zip(paths, _labels(dataset))).encode()).hexdigest()
@@ -113,6 +121,8 @@ def sweep_config(model, dataset, *, attack, targets, target_mode, batch_size, te
         "targets": targets,
         "target_mode": target_mode,
         "batch_size": int(batch_size),
+        "schedule": schedule,
+        "fixed_shapes": bool(fixed_shapes),
         "templates": list(templates),
         "seed": int(seed),
         "max_images": max_images,
@@ -230,7 +240,8 @@ def run_sweep(model, dataset, out_dir: str | os.PathLike, attack=None, sweep=Non
         config = sweep_config(model, dataset, attack=attack, targets=sweep_opts["targets"],
                               target_mode=sweep_opts["target_mode"], batch_size=bs, templates=templates,
                               seed=sweep_opts["seed"], max_images=sweep_opts["max_images"],
-                              quantize_inputs=sweep_opts["quantize_inputs"], device=device)
+                              quantize_inputs=sweep_opts["quantize_inputs"], device=device,
+                              schedule=sweep_opts["schedule"], fixed_shapes=sweep_opts["fixed_shapes"])
         config["n_pairs"] = len(pairs)
         _check_config(out_dir, config, rank, world, device)
         t0 = time.perf_counter()
@@ -304,50 +315,63 @@ def _run_rank(model, attack, dataset, pairs, classnames, labels, paths, template
             bar.update(len(recs))
             bar.set_postfix(success=f"{100.0 * n_success / max(n_written, 1):.1f}%", refresh=False)
 
+    def run_group(group: list, **schedule) -> None:
+        """Run the pairs ``group`` (not yet recorded) as one attack run; stream their records."""
+        runnable, bad = [], []
+        for p in group:
+            x = cache.get(p.image_index)
+            tx = cache.get(p.target_image) if p.target_image is not None else None
+            if x is None:
+                bad.append(failed(p, cache.errors[p.image_index]))
+            elif p.target_image is not None and tx is None:
+                bad.append(failed(p, "target " + cache.errors[p.target_image]))
+            else:
+                runnable.append(p)
+        emit(bad)
+        if not runnable:
+            return
+        x0 = torch.stack([cache.get(p.image_index) for p in runnable])
+        kw = {"target_classes": torch.tensor([p.target_class for p in runnable]), "class_weights": W,
+              "labels": torch.tensor([p.label for p in runnable]), "seeds": [p.seed for p in runnable]}
+        if image_mode:
+            kw["target_images"] = torch.stack([cache.get(p.target_image) for p in runnable])
+
+        def on_done(idx: list[int], recs: list[dict], imgs: torch.Tensor, _run=runnable) -> None:
+            out = []
+            for j, rec, img in zip(idx, recs, imgs):
+                p = _run[j]
+                if p.pair_id in done:
+                    continue
+                r = base(p)
+                r.update(rec)
+                r["status"] = "failed" if rec["reason"].startswith("non-finite") else "ok"
+                r["error"] = rec["reason"] if r["status"] == "failed" else None
+                r["png"] = None
+                if save:
+                    r["png"] = _save_png(out_dir, p.pair_id, img, x0[j], rec["eps"], attack)
+                out.append(r)
+            emit(out)
+
+        try:
+            attack.run(x0, on_done=on_done, **kw, **schedule)
+        except RuntimeError as exc:  # e.g. out of memory: record the group's unrecorded pairs as failed, go on
+            emit([failed(p, f"{type(exc).__name__}: {exc}"[:500]) for p in runnable])
+
     try:
-        for chunk in chunks:
-            cp = [pairs[i] for i in chunk]
-            if all(p.pair_id in done for p in cp):
-                continue
-            runnable, bad = [], []
-            for p in cp:
-                x = cache.get(p.image_index)
-                tx = cache.get(p.target_image) if p.target_image is not None else None
-                if x is None:
-                    bad.append(failed(p, cache.errors[p.image_index]))
-                elif p.target_image is not None and tx is None:
-                    bad.append(failed(p, "target " + cache.errors[p.target_image]))
-                else:
-                    runnable.append(p)
-            emit(bad)
-            if not runnable:
-                continue
-            x0 = torch.stack([cache.get(p.image_index) for p in runnable])
-            kw = {"target_classes": torch.tensor([p.target_class for p in runnable]), "class_weights": W,
-                  "labels": torch.tensor([p.label for p in runnable]), "seeds": [p.seed for p in runnable]}
-            if image_mode:
-                kw["target_images"] = torch.stack([cache.get(p.target_image) for p in runnable])
-
-            def on_done(idx: list[int], recs: list[dict], imgs: torch.Tensor, _run=runnable) -> None:
-                out = []
-                for j, rec, img in zip(idx, recs, imgs):
-                    p = _run[j]
-                    if p.pair_id in done:
-                        continue
-                    r = base(p)
-                    r.update(rec)
-                    r["status"] = "failed" if rec["reason"].startswith("non-finite") else "ok"
-                    r["error"] = rec["reason"] if r["status"] == "failed" else None
-                    r["png"] = None
-                    if save:
-                        r["png"] = _save_png(out_dir, p.pair_id, img, x0[j], rec["eps"], attack)
-                    out.append(r)
-                emit(out)
-
-            try:
-                attack.run(x0, on_done=on_done, **kw)
-            except RuntimeError as exc:  # e.g. out of memory: record the chunk's pairs as failed, go on
-                emit([failed(p, f"{type(exc).__name__}: {exc}"[:500]) for p in runnable])
+        if opts["schedule"] == "fixed":
+            for chunk in chunks:
+                cp = [pairs[i] for i in chunk]
+                if all(p.pair_id in done for p in cp):
+                    continue  # a chunk cut short is recomputed whole: same batch, same numbers
+                run_group(cp)
+        else:
+            # one pending list: a pair's record does not depend on its companions, so only the
+            # missing pairs run; windows bound the originals held in memory
+            pending = [pairs[i] for c in chunks for i in c if i not in done]
+            window = max(8 * bs, 256)
+            for w in range(0, len(pending), window):
+                run_group(pending[w:w + window], schedule="continuous", batch_size=bs,
+                          pad=bool(opts["fixed_shapes"]))
     finally:
         writer.close()
         if bar is not None:
