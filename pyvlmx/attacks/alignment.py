@@ -200,8 +200,6 @@ class EmbeddingAlignment(Attack):
             ``label``, ``psnr`` (None when identical), ``ssim``, ``linf``,
             ``l2``, ``survives_rounding``).
         """
-        from pyvlmx.attacks.precision import Precision, resolve_precision
-
         cfg = self.config
         model = self.model
         check_pixels(images, model.image_size, name="images")
@@ -217,8 +215,7 @@ class EmbeddingAlignment(Attack):
                              f"give schedule='continuous' for {batch_size} slots")
         if order is not None and sorted(int(i) for i in order) != list(range(B)):
             raise ValueError(f"embedding-alignment: order must be a permutation of 0..{B - 1}")
-        prec = resolve_precision(cfg.precision, device)  # names the device when it cannot run it
-        self._precision = Precision(model.encode_image, prec, device)
+        self._precision = self.make_precision(device)
         targets, target_classes = self._check_targets(B, images, targets, target_images, target_classes,
                                                       class_weights)
         if labels is not None:
@@ -288,6 +285,13 @@ class EmbeddingAlignment(Attack):
                                records=list(records))
 
     # ------------------------------------------------------------ the parts
+    def make_precision(self, device) -> "Precision":
+        """The search's precision on ``device`` and its certifying fp32 forward (raises if the device
+        cannot run the configured precision)."""
+        from pyvlmx.attacks.precision import Precision, resolve_precision
+
+        return Precision(self.model.encode_image, resolve_precision(self.config.precision, device), device)
+
     def _stop_rule(self, t, W, tc, *, class_target: bool) -> StopRule:
         cfg = self.config
         rule = cfg.stop

@@ -1,0 +1,201 @@
+"""Continuous batching and the certified mixed-precision search (pyvlmx.attacks.engine.SlotLoop).
+
+A pair's record must not depend on which pairs share its batch; every
+reported success must hold for an fp32 forward of the saved 8-bit image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from pyvlmx.attacks import EmbeddingAlignment
+from pyvlmx.attacks.engine import CHECK_BLOCK, Job, JobQueue, SlotLoop, encode_blocks
+from pyvlmx.attacks.precision import Precision, resolve_precision
+
+EPS = 32 / 255
+TINY = {"eps": EPS, "rel_step": 1 / 16, "max_steps": 40, "errors": "record"}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """Tiny shapes: one thread is fastest."""
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_clip):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(10, 3, 32, 32, generator=g) * 255).round() / 255
+    W = torch.nn.functional.normalize(torch.randn(5, tiny_clip.embed_dim, generator=g), dim=1)
+    with torch.no_grad():
+        pred = (tiny_clip.encode_image(x) @ W.t()).argmax(1)
+    return x, W, (pred + 1) % 5
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+@pytest.mark.parametrize("opts", [{}, {"optimizer": "adam"}, {"random_start": True},
+                                  {"minimal": "bisect", "eps_schedule": (8 / 255, 32 / 255), "bisect_steps": 2}])
+def test_records_do_not_depend_on_the_order_or_the_companions(tiny_clip, setup, opts):
+    x, W, tc = setup
+    atk = EmbeddingAlignment(tiny_clip, **dict(TINY, **opts))
+    kw = dict(target_classes=tc, class_weights=W, seeds=list(range(50, 60)), schedule="continuous", batch_size=3)
+    first = atk.run(x, **kw)
+    order = list(range(10))
+    random.Random(1).shuffle(order)
+    again = atk.run(x, order=order, **kw)
+    assert _strip(first.records) == _strip(again.records)
+    assert torch.equal(first.images, again.images)
+    # a different slot count changes the shapes, not the search: the same decisions
+    fixed = atk.run(x, target_classes=tc, class_weights=W, seeds=list(range(50, 60)))
+    for a, b in zip(first.records, fixed.records):
+        assert (a["success"], a["steps"], a["reason"], a["eps"], a["rounds"]) == \
+            (b["success"], b["steps"], b["reason"], b["eps"], b["rounds"])
+    assert sum(r["success"] for r in first.records) >= 8
+
+
+def test_slots_are_reused_and_never_exceed_the_batch(tiny_clip, setup):
+    x, W, tc = setup
+    atk = EmbeddingAlignment(tiny_clip, **TINY)
+    parts_seen = []
+    orig = SlotLoop.step
+
+    def step(self):
+        parts_seen.append((self.busy, self.entered))
+        return orig(self)
+
+    SlotLoop.step = step
+    try:
+        res = atk.run(x, target_classes=tc, class_weights=W, schedule="continuous", batch_size=3)
+    finally:
+        SlotLoop.step = orig
+    assert max(b for b, _ in parts_seen) <= 3
+    entered = sum(e for _, e in parts_seen[1:]) + 0
+    assert entered == 10  # every sample took a slot exactly once (plain search: one round each)
+    assert len(res.records) == 10
+
+
+def test_encode_blocks_is_the_same_whatever_the_other_rows(tiny_clip, setup):
+    x, _, _ = setup
+    with torch.no_grad():
+        a = encode_blocks(tiny_clip.encode_image, x[:5])
+        b = encode_blocks(tiny_clip.encode_image, torch.cat([x[:5], x.flip(0)[:5]]))[:5]
+        c = encode_blocks(tiny_clip.encode_image, x[:5][[4, 3, 2, 1, 0]]).flip(0)
+    assert torch.equal(a, b) and CHECK_BLOCK >= 1
+    assert torch.allclose(a, c, atol=1e-6)
+
+
+def test_bf16_search_is_certified_by_an_fp32_forward_of_the_saved_image(tiny_clip, setup):
+    from pyvlmx.attacks import targeted_success
+
+    x, W, tc = setup
+    res = EmbeddingAlignment(tiny_clip, precision="bf16", **TINY).run(
+        x, target_classes=tc, class_weights=W, schedule="continuous", batch_size=4)
+    assert {r["search_precision"] for r in res.records} == {"bf16"}
+    assert [r["certified"] for r in res.records] == [r["success"] for r in res.records]
+    assert sum(r["success"] for r in res.records) >= 8
+    assert torch.equal((res.images * 255).round() / 255, res.images)  # the saved 8-bit image
+    with torch.no_grad():
+        fp32 = tiny_clip.encode_image(res.images)
+    ok = targeted_success(fp32, W, tc)
+    assert ok.tolist() == [r["success"] for r in res.records]
+    assert torch.allclose(res.embeddings, fp32, atol=1e-6)
+
+
+class _LyingSearch(EmbeddingAlignment):
+    """A search forward that claims every image already is its target: the fp32 check must refuse it."""
+
+    def make_precision(self, device):
+        W, tc = self._lie
+
+        def search(z):
+            return self.model.encode_image(z) * 0.0 + W[tc][: z.shape[0]]
+
+        return Precision(self.model.encode_image, "bf16", device, search_encode=search)
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "continuous"])
+def test_a_search_success_the_fp32_check_rejects_is_not_reported(tiny_clip, setup, schedule):
+    x, W, tc = setup
+    atk = _LyingSearch(tiny_clip, **dict(TINY, max_steps=3))
+    atk._lie = (W, tc[:4])
+    res = atk.run(x[:4], target_classes=tc[:4], class_weights=W, schedule=schedule,
+                  batch_size=4 if schedule == "continuous" else None)
+    assert [r["success"] for r in res.records] == [False] * 4
+    assert [r["certified"] for r in res.records] == [False] * 4
+    assert [r["reason"] for r in res.records] == ["step limit"] * 4
+    assert [r["steps"] for r in res.records] == [3] * 4
+
+
+def test_precision_resolution_names_the_device():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision 'tf32' is a CUDA tensor-core mode; the images are on cpu"):
+        resolve_precision("tf32", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of .* got 'half'"):
+        resolve_precision("half", "cpu")
+
+
+def test_bad_schedule_options_are_refused_before_any_work(tiny_clip, setup):
+    x, W, tc = setup
+    atk = EmbeddingAlignment(tiny_clip, **TINY)
+    with pytest.raises(ValueError, match="schedule must be 'fixed' or 'continuous', got 'slots'"):
+        atk.run(x, target_classes=tc, class_weights=W, schedule="slots")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        atk.run(x, target_classes=tc, class_weights=W, schedule="continuous", batch_size=0)
+    with pytest.raises(ValueError, match="give schedule='continuous' for 4 slots"):
+        atk.run(x, target_classes=tc, class_weights=W, batch_size=4)
+    with pytest.raises(ValueError, match="order must be a permutation of 0..9"):
+        atk.run(x, target_classes=tc, class_weights=W, schedule="continuous", batch_size=2, order=[0] * 10)
+
+
+def test_sweep_schedule_reaches_the_config_and_both_give_the_same_pairs(tiny_clip, tmp_path):
+    from pyvlmx.data import load_dataset
+    from pyvlmx.systematic import load_records, run_sweep
+
+    ds = load_dataset("samples", tiny_clip.image_size)
+    common = dict(eps=EPS, rel_step=1 / 16, max_steps=30, targets=1, batch_size=4, max_images=6, progress=False)
+    run_sweep(tiny_clip, ds, tmp_path / "c", schedule="continuous", **common)
+    run_sweep(tiny_clip, ds, tmp_path / "f", schedule="fixed", **common)
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert (cfg["schedule"], cfg["fixed_shapes"]) == ("continuous", True)
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["schedule"] == "fixed"
+    a, b = load_records(tmp_path / "c"), load_records(tmp_path / "f")
+    keys = ("pair_id", "success", "steps", "reason", "pred_after")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    assert [r["psnr"] for r in a] == pytest.approx([r["psnr"] for r in b], abs=1e-4)
+    with pytest.raises(ValueError, match="schedule must be one of \\['continuous', 'fixed'\\], got 'chunks'"):
+        run_sweep(tiny_clip, ds, tmp_path / "x", schedule="chunks", **common)
+
+
+@needs_cuda
+def test_a_step_does_not_synchronise_with_the_host():
+    from pyvlmx.attacks.objective import Objective
+    from pyvlmx.attacks.stop import StopRule
+    from pyvlmx.models import load_model
+
+    model = load_model("open_clip:pyvlmx-tiny-vit", seed=0, device="cuda")
+    x = torch.rand(6, 3, 32, 32, device="cuda")
+    t = torch.nn.functional.normalize(torch.randn(6, model.embed_dim, device="cuda"), dim=1)
+    atk = EmbeddingAlignment(model, eps=EPS, max_steps=1000, cos_threshold=1.0, precision="bf16")
+    atk._precision = atk.make_precision(x.device)
+    stop = StopRule("cosine", t, None, None, 0.0, 1.0)  # never met: nobody leaves
+    parts = atk.parts(Objective("l2", t, seeds=list(range(6))), stop)
+    model.check_inputs = False
+    loop = SlotLoop(parts, x, JobQueue([Job(i, EPS, EPS / 16, i) for i in range(6)]), 4, "linf", "sign", False,
+                    lambda ev, jobs: None)
+    for _ in range(3):  # slots filled, warm-up done
+        assert loop.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert loop.step()  # no slot changes at this step
+        assert loop.entered == 0
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
