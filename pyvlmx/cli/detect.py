@@ -1,9 +1,18 @@
-"""``pyvlmx detect``: noise-sensitivity detection of aligned images (+ adaptive EOT attacker).
+"""``pyvlmx detect``: noise-sensitivity detection of aligned images (+ adaptive EOT attacker), or the matrix.
 
 The detector's options are the fields of
 :class:`~pyvlmx.detect.config.DetectConfig`; ``--eps`` and ``--steps`` are the
 attack's (:class:`~pyvlmx.attacks.AlignmentConfig`) for the images this
 command aligns itself (``--data``) and for the adaptive attacker.
+
+With ``--attacks``, ``--detectors`` or ``--adaptive`` the command runs the
+detection matrix instead (:func:`pyvlmx.detect.matrix.run_matrix`, options
+of :class:`~pyvlmx.detect.config.MatrixConfig`) on ``--data`` (default the
+sample photos) and writes ``detect_matrix.json``, ``detect_matrix.md`` and
+``detect_matrix.png``.  The options both modes share take the matrix's
+defaults there: ``--eps`` (4/255), ``--steps``, ``--seed``, ``--sigma`` and
+``--k`` (the noise detector's probe), ``--eot-samples`` and ``--eot-steps``
+(the adaptive attackers).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from pyvlmx.cli._common import (
     only, positive_int,
 )
 from pyvlmx.config import add_dataclass_args, dataclass_from_args
-from pyvlmx.detect.config import DetectConfig
+from pyvlmx.detect.config import DetectConfig, MatrixConfig
 
 _DETECT_EXCLUDE = ("eot_images",)  # every image here
 # this command's defaults (the study's are in StudyConfig)
@@ -27,7 +36,83 @@ def _attack_exclude():
     return only(attack_class(), "eps", "max_steps")
 
 
+# options both modes share: dest -> (MatrixConfig field, the single-detector default)
+_SHARED = {"eps": ("eps", _ATTACK_DEFAULTS["eps"]), "max_steps": ("steps", _ATTACK_DEFAULTS["max_steps"]),
+           "seed": ("seed", DetectConfig().seed), "sigma": ("noise_sigma", _DETECT_DEFAULTS["sigma"]),
+           "k": ("noise_k", _DETECT_DEFAULTS["k"]), "eot_samples": ("adaptive_eot_samples",
+                                                                   _DETECT_DEFAULTS["eot_samples"]),
+           "eot_steps": ("adaptive_steps", _DETECT_DEFAULTS["eot_steps"])}
+_MATRIX_EXCLUDE = tuple(f for f, _ in _SHARED.values())
+_MATRIX_SWITCHES = ("attacks", "detectors", "adaptive")   # any of them given: matrix mode
+
+
+def _show(v) -> str:
+    if isinstance(v, float) and 0 < v < 1:
+        return f"{v * 255:.3g}/255"
+    return str(v)
+
+
+def _matrix_mode(args) -> bool:
+    return any(getattr(args, d) is not None for d in _MATRIX_SWITCHES)
+
+
+def _fill_shared(args) -> None:
+    """Give the shared options left unset the default of the mode the command runs in."""
+    matrix = _matrix_mode(args)
+    base = MatrixConfig()
+    for dest, (fname, single) in _SHARED.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(base, fname) if matrix else single)
+    if matrix:
+        for dest in _MATRIX_SWITCHES:
+            if getattr(args, dest) is None:
+                setattr(args, dest, getattr(base, dest))
+
+
+def _run_matrix(args) -> int:
+    import torch
+
+    from pyvlmx.detect.attacks import TORCHATTACKS_VERSION
+    from pyvlmx.detect.matrix import matrix_markdown, run_matrix
+    from pyvlmx.detect.plots import plot_matrix
+    from pyvlmx.info import environment
+    from pyvlmx.io import write_json
+
+    if args.sweep or args.clean or args.aligned or args.eot:
+        raise ValueError("--attacks/--detectors/--adaptive run the detection matrix on --data; it takes no "
+                         "--sweep, --clean, --aligned or --eot (its adaptive attackers are --adaptive)")
+    shared = {fname: getattr(args, dest) for dest, (fname, _) in _SHARED.items()}
+    cfg = named(lambda: dataclass_from_args(MatrixConfig, args, exclude=_MATRIX_EXCLUDE,
+                                            base=MatrixConfig(**shared)), MatrixConfig)  # validated: names first
+    out = Path(args.out)
+    model = model_config(args).load()
+    ds = load_data(args.data or "samples", model.image_size, why="the detection matrix")
+    n = len(ds) if args.max_images is None else min(len(ds), args.max_images)
+    images = torch.stack([ds[i][0] for i in range(n)])
+    labels = [int(ds[i][1]) for i in range(n)]
+    res = run_matrix(model, images, labels, list(ds.classnames), attacks=cfg.attacks, detectors=cfg.detectors,
+                     adaptive=cfg.adaptive, eps=cfg.eps, steps=cfg.steps, seed=cfg.seed, resamples=cfg.resamples,
+                     log=print, config=cfg)
+    try:
+        import torchattacks
+        ta_version = torchattacks.__version__
+    except ImportError:
+        ta_version = None
+    res["environment"] = environment() | {"torchattacks": ta_version, "torchattacks_tested": TORCHATTACKS_VERSION}
+    res["data"] = args.data or "samples"
+    write_json(out / "detect_matrix.json", res)
+    md = matrix_markdown(res)
+    (out / "detect_matrix.md").write_text(md)
+    plot_matrix(res, out / "detect_matrix.png")
+    print(md)
+    print(f"[matrix] {res['timing']['total_s']:.0f} s; wrote {out}/detect_matrix.json, .md, .png")
+    return 0
+
+
 def _run(args) -> int:
+    _fill_shared(args)
+    if _matrix_mode(args):
+        return _run_matrix(args)
     import torch
 
     from pyvlmx.data import load_image
@@ -124,4 +209,17 @@ def register(sub) -> None:
     add_dataclass_args(p.add_argument_group("detector (pyvlmx.detect.DetectConfig)"), DetectConfig,
                        exclude=_DETECT_EXCLUDE, defaults_override=_DETECT_DEFAULTS)
     add_attack_args(p, exclude=_attack_exclude(), defaults_override=_ATTACK_DEFAULTS)
+    add_dataclass_args(p.add_argument_group("detection matrix (pyvlmx.detect.MatrixConfig): with --attacks, "
+                                            "--detectors or --adaptive"), MatrixConfig, exclude=_MATRIX_EXCLUDE)
+    base = MatrixConfig()
+    for action in p._actions:  # the shared options' defaults depend on the mode: filled in by _fill_shared
+        if action.dest in _SHARED:
+            fname, single = _SHARED[action.dest]
+            action.help = (f"{action.help.split(' (default:')[0]} (default: {_show(single)}; in the matrix: "
+                           f"{_show(getattr(base, fname))})")
+            action.default = None
+        elif action.dest in _MATRIX_SWITCHES:
+            action.help = action.help.split(" (default:")[0] + (
+                " (default: all; giving it runs the matrix)" if action.dest != "adaptive" else " (default: off)")
+            action.default = None
     p.set_defaults(func=_run)

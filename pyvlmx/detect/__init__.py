@@ -1,4 +1,9 @@
-"""Noise-sensitivity detection of aligned images, and an adaptive (EOT) attacker.
+"""Noise-sensitivity detection of aligned images, an adaptive (EOT) attacker, and the detection matrix.
+
+:func:`run_matrix` puts attacks (alignment, torchattacks' PGD and APGD, noise
+controls) against detectors (this noise detector, TTC's tau, feature
+squeezing), with paired bootstrap intervals on every AUC
+(:mod:`pyvlmx.detect.matrix`).
 
 Example (random stand-ins for clean and aligned images, random class weights):
     >>> import torch
@@ -14,9 +19,11 @@ Example (random stand-ins for clean and aligned images, random class weights):
     (['combined', 'confidence_drop', 'displacement', 'flip_rate', 'kl', 'margin'], 8, 8)
 """
 
-from pyvlmx.detect.adaptive import align  # noqa: F401
+from pyvlmx.detect.adaptive import adaptive_attack, align  # noqa: F401
+from pyvlmx.detect.baselines import squeeze_scores, ttc_tau  # noqa: F401
 from pyvlmx.detect.detector import (  # noqa: F401
     NOISE_SCORES, SCORES, Calibration, NoiseSensitivityDetector, evaluate_detector, noise_scores, roc_curve,
     tpr_at_fpr,
 )
-from pyvlmx.detect.plots import plot_roc  # noqa: F401
+from pyvlmx.detect.matrix import matrix_markdown, run_matrix  # noqa: F401
+from pyvlmx.detect.plots import plot_matrix, plot_roc  # noqa: F401

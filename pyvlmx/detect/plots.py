@@ -1,4 +1,4 @@
-"""Detector plots (matplotlib, Agg): ROC curves and score distributions.
+"""Detector plots (matplotlib, Agg): ROC curves and score distributions, the detection matrix's heat map.
 
 Each function saves the PNG at ``path`` and returns the closed Figure (see
 :mod:`pyvlmx.plotting`).
@@ -49,4 +49,38 @@ def plot_roc(result: dict, path: str | Path, extra: dict | None = None) -> Figur
     ax2.set_xlabel(f"{best} ({result['scores'][best].get('direction', '')})")
     ax2.set_ylabel("images")
     ax2.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_matrix(result: dict, path: str | Path) -> Figure:
+    """Heat map of a :func:`~pyvlmx.detect.matrix.run_matrix` result: AUC per attack row and detector.
+
+    Colour is the AUC (0.5 = chance, white); each cell's text is the AUC and
+    its 95% interval; the row labels carry the attack's success rate.
+    """
+    plt = pyplot()
+    rows = result.get("rows") or list(dict.fromkeys(c["attack"] for c in result["cells"]))
+    dets = result.get("detectors_order") or list(dict.fromkeys(c["detector"] for c in result["cells"]))
+    by = {(c["attack"], c["detector"]): c for c in result["cells"]}
+    auc = np.array([[by[(r, d)]["auc"] for d in dets] for r in rows])
+    fig, ax = plt.subplots(figsize=(2.2 + 1.9 * len(dets), 0.9 + 0.52 * len(rows)))
+    im = ax.imshow(auc, cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
+    for i, r in enumerate(rows):
+        for j, d in enumerate(dets):
+            c = by[(r, d)]
+            dark = abs(c["auc"] - 0.5) > 0.35
+            ax.text(j, i, f"{c['auc']:.2f}\n[{c['auc_ci'][0]:.2f}, {c['auc_ci'][1]:.2f}]", ha="center",
+                    va="center", fontsize=7.5, color="white" if dark else "black")
+    labels = []
+    for r in rows:
+        c = by[(r, dets[0])]
+        tag = f" (adaptive vs {c['adaptive_for']})" if c.get("adaptive_for") else ""
+        labels.append(f"{r}{tag}\nsuccess {c['attack_success']:.2f}, n={c['n_attacked']}")
+    ax.set_xticks(range(len(dets)), dets)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7.5)
+    ax.xaxis.tick_top()
+    eps = result.get("config", {}).get("eps")
+    ax.set_title("detection AUC [95% paired bootstrap CI]" + (f", eps = {eps * 255:.3g}/255" if eps else ""),
+                 fontsize=9, pad=22)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="AUC (0.5 = chance)")
     return save_figure(fig, path)
