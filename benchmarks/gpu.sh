@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run on a GPU machine (written for an H200 with no internet): build
 # pyvlmx._C with CUDA, run the CUDA tests, run the GPU benchmarks, write
-# everything to OUT_DIR. Takes about 4-6 minutes.
+# everything to OUT_DIR. Takes about 8-11 minutes (the sweep benchmarks are new: not yet timed on a GPU).
 #
 #   bash benchmarks/gpu.sh OUT_DIR [WHEEL_DIR]
 #
@@ -43,7 +43,7 @@ TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYVLMX_CUDA=1 MAX_JOBS=${MAX_J
 
 stamp "CUDA tests (CUDA against CPU)"
 OPS="tests/test_ops_projected_step.py tests/test_ops_image_quality.py tests/test_ops_moments.py tests/test_ops_sketch.py tests/test_ops_attention_jvp.py"
-$PY -m pytest -q -p no:cacheprovider $OPS tests/test_attacks.py -m needs_cuda 2>&1 | tee "$OUT/tests_cuda.log" | tail -15
+$PY -m pytest -q -p no:cacheprovider $OPS tests/test_attacks.py tests/test_continuous.py -m needs_cuda 2>&1 | tee "$OUT/tests_cuda.log" | tail -15
 # the error-message tests in their own process: a crash there must not hide the rest
 $PY -m pytest -q -p no:cacheprovider $OPS -k "not errors and not samples" 2>&1 | tee "$OUT/tests_ops.log" | tail -5
 $PY -m pytest -q -p no:cacheprovider $OPS -k "errors" 2>&1 | tee "$OUT/tests_errors.log" | tail -5
@@ -54,4 +54,10 @@ $PY -m benchmarks.bench_kernels --device cuda --out "$OUT" 2>&1 | tail -30
 $PY -m benchmarks.bench_jvp --device cuda --out "$OUT" 2>&1 | tail -12
 PYVLMX_BENCH_MODEL=open_clip:ViT-B-32 PYVLMX_BENCH_PARTS=step,batched \
   $PY -m benchmarks.bench_attack --device cuda --out "$OUT" 2>&1 | tail -10
+# the sweep engine: fixed vs continuous vs bf16 vs a plain PGD loop; batch 256, at most 50 steps, 483 pairs
+for M in ViT-B-16 ViT-B-32; do
+  stamp "sweep throughput, open_clip:$M"
+  PYVLMX_BENCH_MODEL=open_clip:$M timeout 300 $PY -m benchmarks.bench_sweep --device cuda --out "$OUT/sweep_$M" \
+    2>&1 | tail -12
+done
 stamp "done"
