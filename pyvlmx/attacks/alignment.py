@@ -34,7 +34,7 @@ from pyvlmx.attacks.base import Attack, register_attack
 from pyvlmx.attacks.budget import Budget, quantize_8bit, quantize_to_budget
 from pyvlmx.attacks.config import (DEFAULT_GD_STEP, DEFAULT_REL_STEP, ERRORS, GRADIENTS, LOSSES,  # noqa: F401
                                    MINIMAL, NORMS, OPTIMIZERS, STOPS, AlignmentConfig)
-from pyvlmx.attacks.engine import Parts, encode_blocks
+from pyvlmx.attacks.engine import Parts
 from pyvlmx.attacks.gradient import ExactGradient, FixedJacobianGradient
 from pyvlmx.attacks.objective import Objective
 from pyvlmx.attacks.search import BudgetSearch, ContinuousSearch, Outcome
@@ -185,9 +185,11 @@ class EmbeddingAlignment(Attack):
                 record does not depend on the schedule or its companions
                 beyond float rounding of the encoder at another batch shape.
             order: the order samples enter the slots (continuous; default 0..B-1).
-            pad: continuous only: compute all slots every step (fixed
-                shapes; records independent of companions bit for bit), or
-                only the occupied ones (False).
+            pad: continuous only: run every forward at one batch shape
+                (blocks of the slot count on CUDA, of 4 rows on the CPU,
+                padded), so a sample's record is the same bit for bit
+                whichever samples share its batch; False: at whatever shape
+                the occupied slots make (records equal up to float rounding).
 
         Returns:
             :class:`AlignmentResult`. Each record holds the attack's
@@ -216,6 +218,11 @@ class EmbeddingAlignment(Attack):
         if order is not None and sorted(int(i) for i in order) != list(range(B)):
             raise ValueError(f"embedding-alignment: order must be a permutation of 0..{B - 1}")
         self._precision = self.make_precision(device)
+        if schedule == "continuous" and pad:
+            from pyvlmx.attacks.precision import CPU_BLOCK
+
+            slots = min(batch_size or B, B)
+            self._precision.block = slots if device.type == "cuda" else min(slots, CPU_BLOCK)
         targets, target_classes = self._check_targets(B, images, targets, target_images, target_classes,
                                                       class_weights)
         if labels is not None:
@@ -231,8 +238,8 @@ class EmbeddingAlignment(Attack):
         checking = model.check_inputs
         model.check_inputs = False
         try:
-            fixed_shape = schedule == "continuous" and pad  # every recorded forward at one batch shape
-            enc = (lambda v: encode_blocks(self._encode, v)) if fixed_shape else self._encode
+            fixed_shape = self._precision.block is not None  # every forward at one batch shape
+            enc = self._encode
             with torch.no_grad():
                 x0 = images.detach().to(torch.float32)
                 emb0 = enc(x0)
@@ -273,7 +280,7 @@ class EmbeddingAlignment(Attack):
                 search = ContinuousSearch(
                     parts, cfg.default_step, norm=cfg.norm, step_kind=make_step_rule(cfg.optimizer).step_kind(cfg.norm),
                     minimal=cfg.minimal, eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
-                    random_start=cfg.random_start, batch_size=min(batch_size or B, B), pad=pad,
+                    random_start=cfg.random_start, batch_size=min(batch_size or B, B),
                     refill="half" if cfg.gradient == "fixed_jacobian" else "eager")
                 search.run(x0, eps_t.cpu(), seeds, out, on_final, order=order)
         finally:

@@ -250,29 +250,7 @@ def _dev(values: Sequence[int], device) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long).to(device, non_blocking=True)
 
 
-#: rows per forward of the fixed-shape checks (the fp32 check of 8-bit candidates, the originals' and
-#: targets' embeddings): a record's numbers then never depend on how many samples were checked with it
-CHECK_BLOCK = 4
-
-
-def encode_blocks(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                  block: int = CHECK_BLOCK) -> torch.Tensor:
-    """``encode(x)`` computed in forwards of exactly ``block`` rows (the last one padded with zeros).
-
-    The encoder's rows do not interact, but float rounding in its matmuls
-    depends on the batch shape; at one shape a row's embedding is the same
-    bit for bit whatever the other rows hold.
-    """
-    n = x.shape[0]
-    if n == 0:
-        return encode(x)
-    outs = []
-    for i in range(0, n, block):
-        part = x[i:i + block]
-        if part.shape[0] < block:
-            part = torch.cat([part, part.new_zeros((block - part.shape[0], *part.shape[1:]))])
-        outs.append(encode(part))
-    return torch.cat(outs)[:n]
+from pyvlmx.attacks.precision import encode_blocks  # noqa: E402,F401  (re-exported: the loop's fixed shapes)
 
 
 class _HostRead:
@@ -320,13 +298,11 @@ class SlotLoop:
         random_start: start uniformly in each job's ball.
         on_leave: called with each :class:`Leaving` group (``index`` on the
             host) and its jobs.
-        pad: compute all B slots every step (True, the default: fixed
-            shapes, what CUDA graphs and ``torch.compile`` need, and a
-            sample's rows see the same batch shape whoever its companions
-            are, so its record is the same bit for bit), or the occupied
-            ones only (False: less work in the tail on the CPU, where every
-            row costs its share; records then equal up to the float rounding
-            of the encoder at another batch size).
+
+    The loop steps the occupied slots only; fixed shapes are the encoder's
+    business (:class:`~pyvlmx.attacks.precision.Precision` with a ``block``:
+    every forward in blocks of one shape, padded), which keeps a sample's
+    numbers independent of how many companions it has.
         refill: "eager" fills a free slot at the next step; "half" waits
             until half the slots are free (for the fixed-Jacobian gradient,
             whose VJP closure is rebuilt when slots change).
@@ -334,7 +310,7 @@ class SlotLoop:
 
     def __init__(self, parts: Parts, x0: torch.Tensor, queue: JobQueue, batch_size: int, norm: str,
                  step_kind: str, random_start: bool, on_leave: Callable[[Leaving, list[Job]], None], *,
-                 pad: bool = True, refill: str = "eager"):
+                 refill: str = "eager"):
         from pyvlmx.attacks.budget import Budget
 
         if refill not in ("eager", "half"):
@@ -344,7 +320,6 @@ class SlotLoop:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.parts, self.x0, self.queue, self.B = parts, x0, queue, B
         self.device = x0.device
-        self.pad = bool(pad)
         self.refill = refill
         self.random_start = random_start
         self.on_leave = on_leave
@@ -388,12 +363,6 @@ class SlotLoop:
         self.fresh = True
         self.entered = len(new)
 
-    def _certify(self, x: torch.Tensor) -> torch.Tensor:
-        """The fp32 check forward: fixed blocks when padding (results independent of companions)."""
-        if self.pad:
-            return encode_blocks(self.parts.certify, x)
-        return self.parts.certify(x)
-
     @property
     def busy(self) -> int:
         """Occupied slots."""
@@ -412,12 +381,12 @@ class SlotLoop:
         occupied = [s for s in range(self.B) if self.job[s] is not None]
         if not occupied:
             return False
-        live = list(range(self.B)) if self.pad else occupied
+        live = occupied
         live_t = _dev(live, device)
-        key_host = [self.job[s].index if self.job[s] is not None else 0 for s in live]
+        key_host = [self.job[s].index for s in live]
         keys = _dev(key_host, device)
-        zb = self.z if self.pad else self.z.index_select(0, live_t)
-        xb = self.xs if self.pad else self.xs.index_select(0, live_t)
+        zb = self.z.index_select(0, live_t)
+        xb = self.xs.index_select(0, live_t)
         if self.fresh:
             parts.gradient.start(self.xs)
             self.fresh = False
@@ -448,7 +417,7 @@ class SlotLoop:
                 if parts.quantize or not parts.exact:
                     q = self.budget.quantize(zc, xb.index_select(0, ct), torch.tensor([live[j] for j in cand])) \
                         if parts.quantize else zc
-                    eq = self._certify(q)
+                    eq = self.parts.certify(q)
                     okq = self.read(stop.ok(eq, keys.index_select(0, ct)) & torch.isfinite(eq).all(dim=1))
                     for n, j in enumerate(cand):
                         if okq[n]:
@@ -523,7 +492,7 @@ class SlotLoop:
                     q = self.budget.quantize(q, xb.index_select(0, _dev([leaving[i] for i in limit], device)),
                                              torch.tensor([live[leaving[i]] for i in limit]))
                 imgs.index_copy_(0, lt, q)
-                embs.index_copy_(0, lt, self._certify(q))
+                embs.index_copy_(0, lt, self.parts.certify(q))
         index = torch.tensor([key_host[j] for j in leaving], dtype=torch.long)
         success = torch.tensor(succ, dtype=torch.bool)
         if stop.rule == "steps":  # judged once, on the final (rounded) image

@@ -31,6 +31,9 @@ from typing import Callable
 import torch
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+#: rows per forward with fixed shapes on the CPU, where a row costs the same at any batch size
+#: (on CUDA the block is the slot count: one shape for every step, what CUDA graphs need)
+CPU_BLOCK = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +81,26 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def encode_blocks(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, block: int) -> torch.Tensor:
+    """``encode(x)`` computed in forwards of exactly ``block`` rows (the last one padded with zeros).
+
+    The encoder's rows do not interact, but float rounding in its matmuls
+    depends on the batch shape; at one shape a row's embedding is the same
+    bit for bit whatever the other rows hold.  Differentiable (the padding
+    rows get no gradient).
+    """
+    n = x.shape[0]
+    if n == 0 or n == block:
+        return encode(x)
+    outs = []
+    for i in range(0, n, block):
+        part = x[i:i + block]
+        if part.shape[0] < block:
+            part = torch.cat([part, part.new_zeros((block - part.shape[0], *part.shape[1:]))])
+        outs.append(encode(part))
+    return torch.cat(outs)[:n]
+
+
 class Precision:
     """The search forward and the certifying fp32 forward of one encoder.
 
@@ -85,16 +108,20 @@ class Precision:
         encode: ``(B, 3, H, W) -> (B, D)`` float32 encoder.
         precision: a concrete precision (:func:`resolve_precision`).
         device: where the images are.
-        search_encode: the encoder the search runs (default ``encode``), e.g.
-            a channels-last twin; results are certified with ``encode``.
+        search_encode: the encoder the search runs (default ``encode``);
+            results are certified with ``encode``.
+        block: run every forward in blocks of exactly this many rows
+            (:func:`encode_blocks`), so a sample's numbers do not depend on
+            how many samples share its batch; None: as given.
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], precision: str, device,
-                 search_encode: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 search_encode: Callable[[torch.Tensor], torch.Tensor] | None = None, block: int | None = None):
         self.encode = encode
         self.name = precision
         self.device = torch.device(device)
         self.search_encode = search_encode if search_encode is not None else encode
+        self.block = block
 
     @property
     def exact(self) -> bool:
@@ -108,15 +135,18 @@ class Precision:
             return _tf32()
         return contextlib.nullcontext()
 
+    def _blocks(self, fn, x):
+        return fn(x) if self.block is None else encode_blocks(fn, x, self.block)
+
     def search(self, x: torch.Tensor) -> torch.Tensor:
         """The search's embeddings of ``x`` (float32 out, whatever the precision inside)."""
         with self._context():
-            return self.search_encode(x).float()
+            return self._blocks(self.search_encode, x).float()
 
     def certify(self, x: torch.Tensor) -> torch.Tensor:
         """The fp32 embeddings every reported figure comes from (no autocast, TF32 off)."""
         with _fp32():
-            return self.encode(x)
+            return self._blocks(self.encode, x)
 
 
 @contextlib.contextmanager

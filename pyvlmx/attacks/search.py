@@ -190,12 +190,12 @@ class ContinuousSearch:
         norm, step_kind: the budget's norm and the projected step's mode.
         minimal, eps_schedule, bisect_steps, random_start: as in :class:`BudgetSearch`.
         batch_size: slots.
-        pad, refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`.
+        refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`.
     """
 
     def __init__(self, parts: Parts, step_size: Callable[[float], float], *, norm: str, step_kind: str,
                  minimal: str, eps_schedule: Sequence[float], bisect_steps: int, random_start: bool,
-                 batch_size: int, pad: bool = True, refill: str = "eager"):
+                 batch_size: int, refill: str = "eager"):
         self.parts = parts
         self.step_size = step_size
         self.norm, self.step_kind = norm, step_kind
@@ -204,7 +204,7 @@ class ContinuousSearch:
         self.bisect_steps = bisect_steps
         self.random_start = random_start
         self.batch_size = batch_size
-        self.pad, self.refill = pad, refill
+        self.refill = refill
         self.loop: SlotLoop | None = None
 
     def _job(self, i: int, eps: float, seeds, phase: str, rnd: int = 0) -> Job:
@@ -287,7 +287,7 @@ class ContinuousSearch:
                 on_final(torch.tensor(sorted(final)))
 
         self.loop = SlotLoop(self.parts, x0, queue, self.batch_size, self.norm, self.step_kind, self.random_start,
-                             leave, pad=self.pad, refill=self.refill)
+                             leave, refill=self.refill)
         self.loop.run()
 
 

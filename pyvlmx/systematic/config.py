@@ -59,9 +59,9 @@ class SweepConfig:
         "help": "continuous: a finished pair's slot is taken at once by the next pending pair; fixed: chunks "
                 "of batch-size pairs, each run until its slowest pair is done", "choices": SCHEDULES})
     fixed_shapes: bool = field(default=True, metadata={
-        "help": "continuous: step all batch-size slots every step (a pair's record is the same bit for bit "
-                "whichever pairs share its batch); off: only occupied slots (less work in the tail on the CPU, "
-                "records equal up to float rounding)"})
+        "help": "continuous: every forward at one batch shape (blocks of batch-size rows on CUDA, of 4 on the "
+                "CPU, the tail padded), so a pair's record is the same bit for bit whichever pairs share its "
+                "batch; off: the shape the occupied slots make (records equal up to float rounding)"})
     templates: str = field(default="short", metadata={
         "help": "prompt set for the class text embeddings (short, imagenet, clip-short, name)"})
     seed: int = field(default=0, metadata={
