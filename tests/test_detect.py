@@ -108,3 +108,47 @@ def test_align_reaches_target_within_budget(tiny_clip, eot):
     assert out.min() >= 0 and out.max() <= 1
     assert torch.allclose(out * 255, torch.round(out * 255), atol=1e-4)
     assert all(1 - c < (1 - c0) / 4 for c, c0 in zip(info["cosine"], cos0.tolist()))
+
+
+def _folder(root, per_class=3):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_detect_cli_matrix_mode_writes_json_table_and_heat_map(tmp_path, capsys):
+    from pyvlmx.cli import main
+    from pyvlmx.stats import auc
+
+    data = _folder(tmp_path / "data")
+    out = tmp_path / "m"
+    assert main(["detect", "--attacks", "noise", "--detectors", "ttc,squeeze", "--data", str(data), "--model",
+                 "open_clip:pyvlmx-tiny-vit", "--device", "cpu", "--out", str(out), "--resamples", "1000"]) == 0
+    res = json.loads((out / "detect_matrix.json").read_text())
+    assert res["config"]["eps"] == pytest.approx(4 / 255)               # the matrix's default budget, not 8/255
+    assert res["rows"] == ["noise-gaussian", "noise-uniform"] and res["n_images"] == 6
+    for c in res["cells"]:
+        assert c["auc"] == auc(res["scores"]["clean"][c["detector"]],
+                               res["scores"]["attacked"][c["attack"]][c["detector"]])
+    md = (out / "detect_matrix.md").read_text()
+    assert "| noise-uniform | 6 |" in md and md in capsys.readouterr().out
+    assert (out / "detect_matrix.png").stat().st_size > 0
+
+
+def test_detect_cli_rejects_unknown_matrix_names_before_loading_the_model(tmp_path, capsys):
+    from pyvlmx.cli import main
+
+    # a model that does not exist: the name check must answer first
+    assert main(["detect", "--attacks", "pgd,deepfool", "--model", "open_clip:no-such-model", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--attacks: unknown attack(s) ['deepfool']; attacks: ['alignment-image', 'alignment-text', 'pgd'" in err
+    assert main(["detect", "--detectors", "lid", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown detector(s) ['lid']; detectors: ['noise', 'ttc', 'squeeze']" in capsys.readouterr().err
+    assert main(["detect", "--adaptive", "--eot", "--data", "samples", "--out", str(tmp_path / "o")]) == 2
+    assert "takes no --sweep, --clean, --aligned or --eot" in capsys.readouterr().err

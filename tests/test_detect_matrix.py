@@ -229,7 +229,8 @@ def matrix(tiny_clip):
     labels = [0, 1, 2, 3, 4, 0, 1, 2]
     return run_matrix(tiny_clip, x, labels, NAMES, attacks=["noise", "alignment-text"],
                       detectors=["noise", "ttc", "squeeze"], adaptive=True, steps=2, resamples=1000,
-                      config=MatrixConfig(noise_k=4, adaptive_images=4, adaptive_steps=2, adaptive_eot_samples=1))
+                      config=MatrixConfig(noise_k=4, align_steps=3, adaptive_images=4, adaptive_steps=2,
+                                                       adaptive_eot_samples=1))
 
 
 def test_matrix_schema_and_cells_recompute_from_the_stored_scores(matrix):

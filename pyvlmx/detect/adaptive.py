@@ -21,14 +21,14 @@ with the K noisy copies drawn from the detector's own noise and shared by the
 EOT term and the penalty:
 
 * ``noise``: e_k ~ N(0, sigma^2); P = mean over the differentiable scores
-  (displacement, confidence drop, KL, margin) of relu(|z| - 1)^2, z the
+  (displacement, confidence drop, KL, margin) of relu(|z| - 1), z the
   robust z-score against the clean calibration, so the attacker keeps every
   score within one robust SD of clean images (the flip rate, a count, has
   no gradient; it moves with the confidence drop).
-* ``ttc``: e_k ~ U(-eps, eps); P = relu(z - 1)^2 with z = (median_clean(tau)
+* ``ttc``: e_k ~ U(-eps, eps); P = relu(z - 1) with z = (median_clean(tau)
   - tau) / scale, tau from the copies on unnormalised features: the attacker
   keeps its image as noise-sensitive as clean ones.
-* ``squeeze``: no noise (K = 0); P = relu(z - 1)^2 of feature squeezing's
+* ``squeeze``: no noise (K = 0); P = relu(z - 1) of feature squeezing's
   score, through the squeezers by BPDA (Athalye, Carlini, Wagner 2018): the
   bit-depth rounding is straight-through (identity gradient), the median
   filter passes its gradient to the pixel it selects.
@@ -196,11 +196,11 @@ class DetectorAwareAlignment(EmbeddingAlignment):
 
 
 def _hinge(z: torch.Tensor) -> torch.Tensor:
-    return F.relu(z - 1.0) ** 2
+    return F.relu(z - 1.0)
 
 
 class NoisePenalty:
-    """Penalty on the noise detector's differentiable scores (mean of relu(|z| - 1)^2 over them)."""
+    """Penalty on the noise detector's differentiable scores (mean of relu(|z| - 1) over them)."""
 
     SCORES = ("displacement", "confidence_drop", "kl", "margin")
 
@@ -231,7 +231,7 @@ class NoisePenalty:
 
 
 class TTCPenalty:
-    """Penalty on TTC's tau being small (relu(z - 1)^2, z = (median clean tau - tau) / scale)."""
+    """Penalty on TTC's tau being small (relu(z - 1), z = (median clean tau - tau) / scale)."""
 
     def __init__(self, model, calibration, normalized: bool = False):
         self.model = model
@@ -248,7 +248,7 @@ class TTCPenalty:
 
 
 class SqueezePenalty:
-    """Penalty on feature squeezing's score (relu(z - 1)^2), through the squeezers by BPDA."""
+    """Penalty on feature squeezing's score (relu(z - 1)), through the squeezers by BPDA."""
 
     def __init__(self, class_weights: torch.Tensor, logit_scale: float, calibration, *, bits: int = 5,
                  median: int = 2, model=None):
@@ -269,7 +269,7 @@ class SqueezePenalty:
 
 
 def adaptive_attack(detector: str, model, images: torch.Tensor, target_classes, class_weights: torch.Tensor, *,
-                    clean_raw: dict, eps: float, steps: int, eot_samples: int = 2, penalty_weight: float = 1.0,
+                    clean_raw: dict, eps: float, steps: int, eot_samples: int = 2, penalty_weight: float = 0.01,
                     noise_sigma: float = 4 / 255, ttc_eps: float = 4 / 255, squeeze_bits: int = 5,
                     squeeze_median: int = 2, seed: int = 0, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
     """The matrix's adaptive attacker of ``detector``: text-target alignment plus a penalty on its score.

@@ -4,8 +4,10 @@ Each name of :data:`ATTACKS` expands to one or more rows (:data:`VARIANTS`):
 
 * ``alignment-image`` / ``alignment-text``: the paper's embedding alignment
   (:class:`pyvlmx.attacks.EmbeddingAlignment`, loss 1/2 ||f(x) - t||^2, sign
-  steps, every step taken) onto the embedding of another class's photo, or
-  onto the text embedding of a target class.
+  steps of eps/8) onto the embedding of another class's photo, or onto the
+  text embedding of a target class; as in the sweep, an image stops as soon
+  as its 8-bit version is classified as the target class (the photo's
+  class for image targets), at most ``align_steps`` steps.
 * ``pgd``: torchattacks' ``PGD`` (Madry et al. 2018) on the zero-shot
   classifier's cross-entropy, untargeted (away from the true class) and
   targeted (``set_mode_targeted_by_label``, towards the text target class).
@@ -112,7 +114,8 @@ class AttackContext:
         text_targets: (N,) target class of each image (text targets, targeted PGD).
         image_targets: (N,) index of the target photo of each image (``alignment-image``).
         eps: L-inf budget.
-        steps: iterations of every iterative attack.
+        steps: iterations of PGD and APGD.
+        align_steps: step limit of the alignment attacks.
         seed: base seed (image i uses ``seed + i`` where an attack seeds per image).
         batch_size: images per attack batch.
         apgdt_targets: target classes APGDT tries per image.
@@ -126,13 +129,14 @@ class AttackContext:
     image_targets: list[int]
     eps: float
     steps: int
+    align_steps: int = 30
     seed: int = 0
     batch_size: int = 8
     apgdt_targets: int = 1
 
     @property
     def step_size(self) -> float:
-        """2.5 eps / steps, the step of Madry et al. (every iterative attack but APGD, which sets its own)."""
+        """PGD's step: 2.5 eps / steps (Madry et al.); APGD sets its own, alignment takes eps/8."""
         return 2.5 * self.eps / max(self.steps, 1)
 
 
@@ -142,12 +146,12 @@ def _batches(n: int, size: int):
 
 
 def _alignment(ctx: AttackContext, kind: str) -> list[AttackedSet]:
-    atk = create_attack("embedding-alignment", ctx.model, eps=float(ctx.eps), max_steps=int(ctx.steps),
-                        step_size=ctx.step_size, stop="steps", seed=int(ctx.seed), norm="linf", quantize=True,
-                        optimizer="sign", loss="l2")
+    atk = create_attack("embedding-alignment", ctx.model, eps=float(ctx.eps), max_steps=int(ctx.align_steps),
+                        stop="class", seed=int(ctx.seed), norm="linf", quantize=True, optimizer="sign", loss="l2")
     x = ctx.images
     out = torch.empty_like(x)
     W = ctx.weights.to(x.device)
+    steps_taken: list[int] = []
     t0 = time.perf_counter()
     for b0, b1 in _batches(x.shape[0], ctx.batch_size):
         seeds = list(range(ctx.seed + b0, ctx.seed + b1))
@@ -158,6 +162,7 @@ def _alignment(ctx: AttackContext, kind: str) -> list[AttackedSet]:
             res = atk.run(x[b0:b1], target_classes=torch.tensor(ctx.text_targets[b0:b1]), class_weights=W,
                           seeds=seeds)
         out[b0:b1] = res.images
+        steps_taken += [int(r["steps"]) for r in res.records]
     wall = time.perf_counter() - t0
     if kind == "image":  # the target class of an image target is what the classifier calls the target photo
         with torch.no_grad():
@@ -166,7 +171,8 @@ def _alignment(ctx: AttackContext, kind: str) -> list[AttackedSet]:
     else:
         tcls = list(ctx.text_targets)
     cfg = {k: v for k, v in atk.config_dict().items() if k in ("attack", "loss", "optimizer", "eps", "max_steps",
-                                                                 "step_size", "stop", "norm", "quantize")}
+                                                                 "rel_step", "stop", "margin", "norm", "quantize")}
+    cfg["steps_taken"] = steps_taken
     cfg["target"] = "photo of another class" if kind == "image" else "text embedding of the target class"
     return [AttackedSet(f"alignment-{kind}", f"alignment-{kind}", quantize_to_budget(out, x, ctx.eps, "linf"),
                         list(range(x.shape[0])), tcls, cfg, wall)]

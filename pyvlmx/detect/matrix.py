@@ -159,7 +159,7 @@ def _success(row: AttackedSet, pred: np.ndarray, labels: Sequence[int]) -> np.nd
 
 def run_matrix(model, images: torch.Tensor, labels: Sequence[int], classnames: Sequence[str], *,
                attacks: Sequence[str] = MATRIX_ATTACKS, detectors: Sequence[str] = MATRIX_DETECTORS,
-               adaptive: bool = False, eps: float = 4 / 255, steps: int = 10, seed: int = 0,
+               adaptive: bool = False, eps: float = 4 / 255, steps: int = 5, seed: int = 0,
                resamples: int = 1000, log: Callable[[str], None] | None = None,
                config: MatrixConfig | None = None) -> dict:
     """Every attack against every detector on ``images``: the ``detect_matrix.json`` dict.
@@ -176,7 +176,8 @@ def run_matrix(model, images: torch.Tensor, labels: Sequence[int], classnames: S
             (:func:`~pyvlmx.detect.adaptive.adaptive_attack`), on the first
             ``config.adaptive_images`` images.
         eps: L-inf budget of every attack.
-        steps: iterations of alignment, PGD and APGD.
+        steps: iterations of PGD and APGD (the alignment attacks stop at
+            the target class, at most ``config.align_steps`` steps).
         seed: seed of attacks, noise and bootstrap.
         resamples: bootstrap resamples (>= 1000).
         log: called with progress lines (default: silent).
@@ -234,9 +235,10 @@ def run_matrix(model, images: torch.Tensor, labels: Sequence[int], classnames: S
     clean_pred = net.predict(x, cfg.batch_size).cpu().numpy()
     tt = text_targets(labels, C)
     ctx = AttackContext(model, W, x, labels, tt, image_targets(labels) if "alignment-image" in cfg.attacks else [],
-                        eps=cfg.eps, steps=cfg.steps, seed=cfg.seed, batch_size=cfg.batch_size,
-                        apgdt_targets=cfg.apgdt_targets)
-    say(f"[matrix] {N} images, {C} classes, eps={cfg.eps * 255:.3g}/255, steps={cfg.steps}; "
+                        eps=cfg.eps, steps=cfg.steps, align_steps=cfg.align_steps, seed=cfg.seed,
+                        batch_size=cfg.batch_size, apgdt_targets=cfg.apgdt_targets)
+    say(f"[matrix] {N} images, {C} classes, eps={cfg.eps * 255:.3g}/255, steps={cfg.steps} "
+        f"(alignment <= {cfg.align_steps}); "
         f"attacks {list(cfg.attacks)}, detectors {list(cfg.detectors)}{', adaptive' if cfg.adaptive else ''}")
 
     dets = make_detectors(cfg.detectors, model, W, cfg)
