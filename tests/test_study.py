@@ -39,7 +39,8 @@ def tiny_study(tmp_path_factory):
                       noise={"sigmas": (0.5 / 255, 8 / 255), "n": 64, "acc_sigmas": (0.0, 16 / 255),
                              "acc_copies": 2},
                       spectra={"pairs": 2, "k": 4, "method": "exact"},
-                      detect={"k": 4, "eot_images": 2, "eot_samples": 2, "eot_steps": 3})
+                      detect={"k": 4, "eot_images": 2, "eot_samples": 2, "eot_steps": 3},
+                      matrix={"attacks": ("alignment-text", "noise"), "steps": 2, "noise_k": 2})
     log = []
     study = run_study(cfg, out, progress=False, log=log.append)
     return cfg, out, study, log
@@ -47,7 +48,7 @@ def tiny_study(tmp_path_factory):
 
 def test_study_writes_every_stage_and_report(tiny_study):
     cfg, out, study, _ = tiny_study
-    for name in ("zeroshot", "systematic", "noise", "spectra", "detect"):
+    for name in ("zeroshot", "systematic", "noise", "spectra", "detect", "detect_matrix"):
         stage = json.loads((out / f"{name}.json").read_text())
         assert stage["_stage"]["config"]["model"] == cfg.model and stage["_stage"]["config"]["seed"] == cfg.seed
     metrics = {h["metric"]: h["value"] for h in study["headline"]}
@@ -71,7 +72,7 @@ def test_study_resumes_without_recomputing(tiny_study):
     cfg, out, study, _ = tiny_study
     log = []
     again = run_study(cfg, out, progress=False, log=log.append)
-    assert sum("already done" in line for line in log) == 5
+    assert sum("already done" in line for line in log) == 6
     assert again["headline"] == study["headline"]
 
 
@@ -142,7 +143,7 @@ def linear_study(tmp_path_factory):
                       noise={"sigmas": (0.5 / 255, 8 / 255, 64 / 255), "n": 512, "acc_sigmas": (0.0, 16 / 255),
                              "acc_copies": 2, "aligned": True},
                       spectra={"pairs": LIN_PAIRS, "k": 4, "method": "exact"},
-                      detect={"k": 16, "eot_images": 2, "eot_samples": 2, "eot_steps": 3})
+                      detect={"k": 16, "eot_images": 2, "eot_samples": 2, "eot_steps": 3}, detect_matrix=False)
     try:
         study = run_study(cfg, out, progress=False, log=lambda s: None)
         yield cfg, out, study, A, W, data
@@ -265,6 +266,7 @@ def test_every_headline_figure_has_an_interval_around_it_in_the_reports(which, r
         assert f"| {h['metric']} | {value} | {ci} |" in md
         assert f"<td>{value}</td><td>{ci}</td>" in html
     assert "Wilson score interval" in study["headline_note"] and study["headline_note"] in md
+    assert "{" not in study["headline_note"]
 
 
 def test_linear_study_intervals_are_the_known_ones(linear_study):
@@ -414,3 +416,55 @@ def test_detection_interval_of_separated_scores_is_a_point():
 
     res = detection_auc_ci([0.1, 0.2, 0.3, 0.4], [0.9, 0.8], range(4), [1, 3])
     assert (res["auc"], res["auc_ci"], res["tpr"], res["tpr_ci"]) == (1.0, [1.0, 1.0], 1.0, [1.0, 1.0])
+
+
+# --- the detection matrix stage ----------------------------------------------------------------------
+
+def test_study_detect_matrix_section_is_the_stored_cells(tiny_study):
+    cfg, out, study, _ = tiny_study
+    matrix = json.loads((out / "detect_matrix.json").read_text())
+    # the study's budget and seed, whatever the matrix's own defaults
+    assert matrix["config"]["eps"] == cfg.attack.eps and matrix["config"]["seed"] == cfg.seed
+    assert matrix["n_images"] == len(CLASSES)
+    assert {c["detector"] for c in matrix["cells"]} == set(cfg.matrix.detectors)
+    assert len(matrix["cells"]) == len(matrix["rows"]) * len(cfg.matrix.detectors)
+    sec = _section(study, "Detection matrix")
+    (tab,) = sec["tables"]
+    assert tab["rows"] == [[c["attack"], c["detector"], c.get("adaptive_for") or "", c["n_clean"], c["n_attacked"],
+                            c["attack_success"], c["attack_success_ci"], c["auc"], c["auc_ci"], c["tpr_at_5fpr"],
+                            c["tpr_ci"]] for c in matrix["cells"]]
+    assert [f["file"] for f in sec["figures"]] == ["detect_matrix.png"]
+    c = matrix["cells"][0]
+    md = (out / "report.md").read_text()
+    assert (f"| {c['attack']} | {c['detector']} |  | {c['n_clean']} | {c['n_attacked']} | "
+            f"{c['attack_success']:.2f} | [{c['attack_success_ci'][0]:.2f}, {c['attack_success_ci'][1]:.2f}] | "
+            f"{c['auc']:.3f} | [{c['auc_ci'][0]:.3f}, {c['auc_ci'][1]:.3f}] |") in md
+    assert (out / "detect_matrix.md").read_text().count("\n| ") >= len(matrix["rows"])
+
+
+def test_linear_study_without_the_matrix(linear_study):
+    cfg, out, study, *_ = linear_study
+    assert not cfg.detect_matrix and not (out / "detect_matrix.json").exists()
+    assert not any(s["title"].startswith("Detection matrix") for s in study["sections"])
+
+
+def test_study_options_of_the_matrix():
+    import argparse
+
+    from pyvlmx.cli.study import register
+    from pyvlmx.config import dataclass_from_args
+
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    args = p.parse_args(["study", "--matrix-attacks", "noise,pgd", "--matrix-detectors", "ttc",
+                         "--matrix-adaptive", "--eps", "2/255"])
+    cfg = dataclass_from_args(StudyConfig, args)
+    assert (cfg.matrix.attacks, cfg.matrix.detectors, cfg.matrix.adaptive) == (("noise", "pgd"), ("ttc",), True)
+    assert cfg.detect_matrix and cfg.stage_matrix().eps == 2 / 255 == cfg.attack.eps
+    with pytest.raises(SystemExit):                     # the budget is the study's: no option of its own
+        p.parse_args(["study", "--matrix-eps", "8/255"])
+    assert not dataclass_from_args(StudyConfig, p.parse_args(["study", "--no-detect-matrix"])).detect_matrix
+    with pytest.raises(ValueError, match=r"unknown attack\(s\) \['fgsm'\]; attacks: \['alignment-image'"):
+        make_config(StudyConfig, "study", matrix={"attacks": ("fgsm",)}).validate()
+    with pytest.raises(ValueError, match="norm is 'l2'; use --norm linf or --no-detect-matrix"):
+        make_config(StudyConfig, "study", attack={"norm": "l2", "eps": 0.5}).validate()

@@ -44,10 +44,17 @@ def _fmt(value, fmt: str = "{:.3f}") -> str:
     return str(value)
 
 
+def _cell(value, fmt: str | None) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2:   # an interval [lo, hi]
+        return _interval(value, fmt or "{:.3f}")
+    return _fmt(value) if fmt is None else _fmt(value, fmt)
+
+
 def _cells(tab: dict, row: list) -> list[str]:
-    """A table row as text: each cell in its column's format (``formats``), else the default."""
+    """A table row as text: each cell in its column's format (``formats``), else the default;
+    a two-element list is an interval, ``[lo, hi]``."""
     formats = tab.get("formats") or [None] * len(row)
-    return [_fmt(c) if f is None else _fmt(c, f) for c, f in zip(row, formats)]
+    return [_cell(c, f) for c, f in zip(row, formats)]
 
 
 def _interval(ci, fmt: str) -> str:

@@ -5,12 +5,13 @@ a :class:`~pyvlmx.systematic.config.SweepConfig`, the attack's an
 ``AlignmentConfig``, and the analyses' a
 :class:`~pyvlmx.noise.config.NoiseConfig`,
 :class:`~pyvlmx.jacobian.config.SpectraConfig` and
-:class:`~pyvlmx.detect.config.DetectConfig`, each with the study's defaults
+:class:`~pyvlmx.detect.config.DetectConfig` and
+:class:`~pyvlmx.detect.config.MatrixConfig`, each with the study's defaults
 (which finish within 10 minutes on a 2-core CPU with the offline default model
 and the sample photos).  ``pyvlmx study`` generates its options from these
 fields: the sweep's and the attack's without a prefix (``--targets``,
 ``--eps``, ``--max-steps``), the analyses' with one (``--noise-n``,
-``--spectra-pairs``, ``--detect-k``).
+``--spectra-pairs``, ``--detect-k``, ``--matrix-attacks``).
 
 Example:
     >>> cfg = make_config(StudyConfig, "study", sweep={"targets": 2}, noise={"n": 64})
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from pyvlmx.attacks import AlignmentConfig
 from pyvlmx.config import config_fields, make_config  # noqa: F401  (make_config: the doctest)
-from pyvlmx.detect.config import DetectConfig
+from pyvlmx.detect.config import DetectConfig, MatrixConfig
 from pyvlmx.jacobian.config import SpectraConfig
 from pyvlmx.models.config import device_field, model_field, pretrained_field
 from pyvlmx.noise.config import NoiseConfig
@@ -67,6 +68,10 @@ def _study_spectra() -> SpectraConfig:
     return SpectraConfig(pairs=STUDY_SPECTRA_PAIRS, k=16, method="randomized", power_iters=1)
 
 
+def _study_matrix() -> MatrixConfig:
+    return MatrixConfig()
+
+
 @dataclass
 class StudyConfig:
     """Settings of a study: what to study, and each stage's configuration.
@@ -94,10 +99,15 @@ class StudyConfig:
         "help": "noise-sensitivity detection and the adaptive attacker (pyvlmx.detect)", "prefix": "detect-",
         "exclude": ("seed",), "aliases": {"eot_images": ("--eot-images",), "eot_samples": ("--eot-samples",),
                     "eot_steps": ("--eot-steps",)}})
+    detect_matrix: bool = field(default=True, metadata={
+        "help": "run the detection matrix stage (every attack against every detector)"})
+    matrix: MatrixConfig = field(default_factory=_study_matrix, metadata={
+        "help": "detection matrix: attacks x detectors, AUCs with paired bootstrap intervals (pyvlmx.detect.matrix); "
+                "its L-inf budget is the study's --eps", "prefix": "matrix-", "exclude": ("eps", "seed")})
 
     def validate(self) -> None:
         for name, cls in (("sweep", SweepConfig), ("attack", AlignmentConfig), ("noise", NoiseConfig),
-                          ("spectra", SpectraConfig), ("detect", DetectConfig)):
+                          ("spectra", SpectraConfig), ("detect", DetectConfig), ("matrix", MatrixConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 value = make_config(cls, f"study.{name}", **value)
@@ -107,6 +117,9 @@ class StudyConfig:
             value.validate()
         if self.spectra.method == "all":
             raise ValueError("study: spectra method 'all' is for pyvlmx spectra; choose one route")
+        if self.detect_matrix and self.attack.norm != "linf":
+            raise ValueError(f"study: the detection matrix attacks at the study's L-inf budget, but the attack's "
+                             f"norm is {self.attack.norm!r}; use --norm linf or --no-detect-matrix")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"study: seed must be an integer, got {self.seed!r}")
 
@@ -117,3 +130,7 @@ class StudyConfig:
     def stage_attack(self) -> AlignmentConfig:
         """The attack as the study runs it (its seed)."""
         return dataclasses.replace(self.attack, seed=self.seed)
+
+    def stage_matrix(self) -> MatrixConfig:
+        """The detection matrix as the study runs it: the study's seed and L-inf budget."""
+        return dataclasses.replace(self.matrix, eps=self.attack.eps, seed=self.seed)

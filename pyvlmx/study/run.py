@@ -11,7 +11,14 @@ and the sweep resumes pair by pair):
 4. ``spectra``: Jacobian singular values of original vs aligned images;
 5. ``detect``: the noise-sensitivity detector on clean vs aligned images,
    and against an adaptive (EOT) attacker;
-6. the report (``report.html``, ``report.md``) from ``study.json``.
+6. ``detect_matrix``: every attack against every detector on the clean
+   images (:func:`pyvlmx.detect.matrix.run_matrix`), at the study's budget,
+   with ``detect_matrix.md`` and the heat map ``detect_matrix.png``
+   (``--no-detect-matrix`` skips it);
+7. the report (``report.html``, ``report.md``) from ``study.json``.
+
+Every headline figure of ``study.json`` carries a 95% interval ``ci``
+(:mod:`pyvlmx.study.intervals`).
 """
 
 from __future__ import annotations
@@ -75,7 +82,9 @@ def _stage_configs(cfg: StudyConfig) -> dict[str, dict]:
     return {"zeroshot": base, "systematic": swept,
             "noise": swept | {"noise": dataclasses.asdict(cfg.noise)},
             "spectra": swept | {"spectra": dataclasses.asdict(cfg.spectra)},
-            "detect": swept | {"detect": dataclasses.asdict(cfg.detect)}}
+            "detect": swept | {"detect": dataclasses.asdict(cfg.detect)},
+            # the matrix attacks the clean images itself: it needs no sweep
+            "detect_matrix": base | {"matrix": dataclasses.asdict(cfg.stage_matrix())}}
 
 
 def _aligned_choice(records: list[dict]) -> dict[int, dict]:
@@ -104,7 +113,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     from pyvlmx.data import load_dataset, load_image
     from pyvlmx.detect import align as eot_align
     from pyvlmx.detect import evaluate_detector
-    from pyvlmx.detect.plots import plot_roc
+    from pyvlmx.detect.matrix import matrix_markdown, run_matrix
+    from pyvlmx.detect.plots import plot_matrix, plot_roc
     from pyvlmx.info import environment, resolve_device
     from pyvlmx.jacobian import compare_spectra
     from pyvlmx.jacobian.plots import plot_compare_spectra
@@ -218,7 +228,21 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     det = stage("detect", stage_cfg["detect"], _detect)
     plot_roc(det["plain"], out / "roc.png", extra={"adaptive (EOT)": det["eot"]})
 
-    # 6. figures of the sweep, study.json, report ------------------------------
+    # 6. detection matrix -------------------------------------------------------
+    matrix = None
+    if cfg.detect_matrix:
+        mx = cfg.stage_matrix()
+
+        def _matrix():
+            return run_matrix(model, clean_all, labels, classnames, attacks=mx.attacks, detectors=mx.detectors,
+                              adaptive=mx.adaptive, eps=mx.eps, steps=mx.steps, seed=mx.seed,
+                              resamples=mx.resamples, log=log, config=mx)
+
+        matrix = stage("detect_matrix", stage_cfg["detect_matrix"], _matrix)
+        (out / "detect_matrix.md").write_text(matrix_markdown(matrix))
+        plot_matrix(matrix, out / "detect_matrix.png")
+
+    # 7. figures of the sweep, study.json, report ------------------------------
     ex_rows = []
     for j, i in enumerate(idx[:6]):
         r = chosen[i]
@@ -230,7 +254,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     plot_confusion(sweep["confusion_target_vs_pred"], classnames, out / "confusion.png")
     plot_quality(records, out / "quality.png")
 
-    study = _compose(cfg, zs, sweep, records, noise, spectra, det, idx, len(dataset), stage.timing,
+    study = _compose(cfg, zs, sweep, records, noise, spectra, det, matrix, idx, len(dataset), stage.timing,
                      time.perf_counter() - t_start, environment())
     write_json(out / "study.json", study)
     md, page = build_report(out)
@@ -245,11 +269,13 @@ def _metric(sweep: dict, name: str, stat: str):
 
 #: how each kind of headline interval is computed (``ci_method`` of a headline entry)
 CI_METHODS = {
-    "wilson": "Wilson score interval of the rate",
-    "bootstrap-images": f"percentile bootstrap over images ({RESAMPLES} resamples; an image brings all its pairs)",
-    "paired-bootstrap-images": f"paired percentile bootstrap over images ({RESAMPLES} resamples; an image's "
-                               f"clean and attacked scores drawn together)",
-    "bootstrap-pairs": f"percentile bootstrap over spectra pairs ({RESAMPLES} resamples)",
+    "wilson": "rates: Wilson score interval",
+    "bootstrap-images": f"the sweep's medians and worst values: percentile bootstrap over images ({RESAMPLES} "
+                        f"resamples; a drawn image brings all its pairs)",
+    "bootstrap-pairs": f"the effective-rank difference: percentile bootstrap over the spectra pairs ({RESAMPLES} "
+                       f"resamples)",
+    "paired-bootstrap-images": f"detection AUCs: paired percentile bootstrap over images ({RESAMPLES} resamples; "
+                               f"an image's clean and attacked scores drawn together)",
 }
 
 
@@ -266,7 +292,33 @@ def _detection(det: dict, pos_images: list[int], n_clean: int, seed: int) -> dic
             for name in neg}
 
 
-def _compose(cfg, zs, sweep, records, noise, spectra, det, idx, n_clean, timing, total_s, env) -> dict:
+def _matrix_section(matrix: dict) -> dict:
+    """The detection matrix's report section: the heat map and one table row per cell, as stored."""
+    rows = [[c["attack"], c["detector"], c.get("adaptive_for") or "", c["n_clean"], c["n_attacked"],
+             c["attack_success"], c.get("attack_success_ci"), c["auc"], c["auc_ci"], c["tpr_at_5fpr"], c["tpr_ci"]]
+            for c in matrix["cells"]]
+    mc = matrix["config"]
+    return {
+        "title": "Detection matrix: attacks x detectors",
+        "text": (f"Every attack against every detector on the {matrix['n_images']} clean images, all attacks at "
+                 f"L-inf {mc['eps'] * 255:.3g}/255 and rounded to 8 bits (pyvlmx.detect.matrix). Detectors: "
+                 f"{', '.join(matrix['detectors_order'])}, calibrated on clean images only (cross-fitted over "
+                 f"{mc['folds']} folds), thresholds set before any attacked image is scored. AUC and TPR at "
+                 f"{mc['fpr']:.0%} FPR with 95% paired bootstrap intervals over images ({mc['resamples']} "
+                 f"resamples: an image's clean and attacked scores drawn together); attack success with its "
+                 f"Wilson interval. An adaptive row's success says whether it still attacks: a low AUC from an "
+                 f"attacker that stopped succeeding is no win."),
+        "tables": [{"columns": ["attack", "detector", "adaptive vs", "clean", "attacked", "attack success",
+                                "success 95% CI", "AUC", "AUC 95% CI", f"TPR at {mc['fpr']:.0%} FPR", "TPR 95% CI"],
+                    "rows": rows, "formats": [None, None, None, None, None, "{:.2f}", "{:.2f}", "{:.3f}", "{:.3f}",
+                                              "{:.2f}", "{:.2f}"],
+                    "caption": "one row per attack and detector"}],
+        "figures": [{"file": "detect_matrix.png", "caption": "detection AUC per attack and detector, with 95% "
+                                                            "intervals; rows carry the attack's success"}],
+    }
+
+
+def _compose(cfg, zs, sweep, records, noise, spectra, det, matrix, idx, n_clean, timing, total_s, env) -> dict:
     from pyvlmx.stats import bootstrap_ci
 
     plain, eot = det["plain"], det["eot"]
@@ -334,11 +386,8 @@ def _compose(cfg, zs, sweep, records, noise, spectra, det, idx, n_clean, timing,
             noise_rows.append([res["kind"], f"{r['sigma'] * 255:.3g}/255", r["rel_fro"], r["sampling_error"],
                                r["ratio"], "yes" if r["holds"] else "no", lin.get("median", ""), lin.get("p90", "")])
 
-    def interval(ci):
-        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-    det_rows = [[name, s["auc"], interval(dci[name]["auc_ci"]), s.get(fpr_key), s.get("direction", ""),
-                 eot["scores"][name]["auc"], interval(eci[name]["auc_ci"])]
+    det_rows = [[name, s["auc"], dci[name]["auc_ci"], s.get(fpr_key), s.get("direction", ""),
+                 eot["scores"][name]["auc"], eci[name]["auc_ci"]]
                 for name, s in plain["scores"].items()]
     sections = [
         {"title": "Zero-shot vs systematic evaluation",
@@ -377,13 +426,18 @@ def _compose(cfg, zs, sweep, records, noise, spectra, det, idx, n_clean, timing,
          "text": ("Scores from K noisy copies of each image, calibrated on clean images (cross-fitted), two-tailed. "
                   f"Adaptive attacker: alignment in expectation over the detector's noise "
                   f"({cfg.detect.eot_samples} samples per step, {cfg.detect.eot_steps} steps). AUC intervals: "
-                  f"{CI_METHODS['paired-bootstrap-images']}."),
+                  f"paired percentile bootstrap over images ({RESAMPLES} resamples; an image's clean and attacked "
+                  f"scores drawn together)."),
          "tables": [{"columns": ["score", "AUC", "AUC 95% CI", "TPR at 5% FPR", "direction", "AUC vs EOT",
-                                 "AUC vs EOT 95% CI"], "rows": det_rows, "caption": "detector"}],
+                                 "AUC vs EOT 95% CI"], "rows": det_rows, "caption": "detector",
+                     "formats": [None, "{:.3f}", "{:.3f}", "{:.3f}", None, "{:.3f}", "{:.3f}"]}],
          "figures": [{"file": "roc.png", "caption": "ROC: clean vs aligned (solid), vs adaptive (EOT) dashed"}]},
     ]
-    methods = sorted({h["ci_method"] for h in headline})
-    ci_note = (f"Intervals: {CONFIDENCE:.0%}; " + "; ".join(f"{m}: {CI_METHODS[m]}" for m in methods) + ".")
+    if matrix is not None:
+        sections.append(_matrix_section(matrix))
+    methods = dict.fromkeys(h["ci_method"] for h in headline)       # in the headline's order
+    how = "; ".join(CI_METHODS[m] for m in methods)
+    ci_note = f"{CONFIDENCE:.0%} intervals. {how[:1].upper()}{how[1:]}."
     return {"title": f"pyvlmx study: {cfg.model} on {cfg.data}", "headline": headline, "headline_note": ci_note,
             "sections": sections,
             "settings": dataclasses.asdict(cfg) | {"stage_seconds": timing, "total_seconds": total_s},
