@@ -9,6 +9,7 @@ from scipy import stats
 
 from _analysis_models import LinearVLM
 from pyvlmx.detect import Calibration, align, evaluate_detector, noise_scores, plot_roc, roc_curve, tpr_at_fpr
+from pyvlmx.detect.config import MatrixConfig
 
 
 def test_roc_auc_matches_mann_whitney():
@@ -152,3 +153,18 @@ def test_detect_cli_rejects_unknown_matrix_names_before_loading_the_model(tmp_pa
     assert "unknown detector(s) ['lid']; detectors: ['noise', 'ttc', 'squeeze']" in capsys.readouterr().err
     assert main(["detect", "--adaptive", "--eot", "--data", "samples", "--out", str(tmp_path / "o")]) == 2
     assert "takes no --sweep, --clean, --aligned or --eot" in capsys.readouterr().err
+
+
+def test_detect_cli_keeps_the_single_detector_defaults_outside_the_matrix():
+    from pyvlmx.cli import build_parser
+    from pyvlmx.cli.detect import _fill_shared, _matrix_mode
+
+    p = build_parser()
+    single = p.parse_args(["detect", "--out", "o", "--data", "samples"])
+    _fill_shared(single)
+    assert not _matrix_mode(single)
+    assert (single.eps, single.max_steps, single.k, single.eot_samples, single.eot_steps) == (8 / 255, 50, 32, 8, 50)
+    matrix = p.parse_args(["detect", "--out", "o", "--adaptive", "--k", "4"])
+    _fill_shared(matrix)
+    assert _matrix_mode(matrix) and matrix.adaptive and matrix.attacks == MatrixConfig().attacks
+    assert (matrix.eps, matrix.max_steps, matrix.k) == (4 / 255, MatrixConfig().steps, 4)

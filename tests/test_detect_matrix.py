@@ -205,6 +205,23 @@ def test_detector_aware_alignment_with_zero_weight_is_the_plain_alignment(tiny_c
     assert (pushed.embeddings[:, 0] ** 2).sum() < (plain.embeddings[:, 0] ** 2).sum()
 
 
+def test_gated_penalty_acts_only_on_images_already_in_their_target_class():
+    from pyvlmx.attacks.objective import Objective
+    from pyvlmx.detect.adaptive import PenalisedObjective
+
+    W = torch.eye(3, 4)
+    base = Objective("l2", W[[1, 2]], class_weights=W, target_classes=torch.tensor([1, 2]))
+    obj = PenalisedObjective(base, lambda z, e, f, i: torch.ones(e.shape[0]), 1.0, model=None, gated=True)
+    emb = torch.stack([W[1], W[0]])                            # row 0 is in its target class, row 1 is not
+    assert obj._gate(emb, torch.tensor([0, 1])).tolist() == [1.0, 0.0]
+    z = torch.zeros(2, 3, 2, 2)
+    total = obj.total(None, z, emb, torch.tensor([0, 1]), torch.tensor([0, 1]), 0)
+    assert float(total) == pytest.approx(float(base.rows(emb, torch.tensor([0, 1])).sum()) + 1.0)
+    ungated = PenalisedObjective(base, lambda z, e, f, i: torch.ones(e.shape[0]), 1.0, model=None)
+    assert float(ungated.total(None, z, emb, torch.tensor([0, 1]), torch.tensor([0, 1]), 0)) == pytest.approx(
+        float(total) + 1.0)
+
+
 def test_bpda_attacker_lowers_the_squeezing_score(tiny_clip):
     W = tiny_clip.class_embeddings(NAMES)
     x = _images(6)

@@ -33,6 +33,11 @@ EOT term and the penalty:
   bit-depth rounding is straight-through (identity gradient), the median
   filter passes its gradient to the pixel it selects.
 
+With ``gated`` the penalty acts only on images whose embedding is already
+classified as their target (align first, then hide while staying aligned);
+without it the penalty fights the alignment from the first step, and on
+the sample photos the attacker then rarely aligns at all.
+
 The penalty enters the engine through :class:`DetectorAwareAlignment`, an
 :class:`~pyvlmx.attacks.EmbeddingAlignment` whose :meth:`parts` wraps the
 objective in a :class:`PenalisedObjective`; the engine's loop, budget, step
@@ -131,13 +136,22 @@ class PenalisedObjective(Objective):
         penalty: the detector penalty.
         weight: its weight w.
         model: the model (its ``encode_image`` gives the copies' features).
+        gated: penalise only rows whose embedding is classified as their
+            target class (needs the base objective's class weights and targets).
     """
 
-    def __init__(self, base: Objective, penalty: Callable, weight: float, model):
+    def __init__(self, base: Objective, penalty: Callable, weight: float, model, gated: bool = False):
         self.__dict__.update(base.__dict__)
         self.penalty = penalty
         self.weight = float(weight)
         self.model = model
+        self.gated = bool(gated)
+
+    def _gate(self, emb: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
+        """1 for rows whose embedding is classified as their target class, else 0 (the penalty's gate)."""
+        if not self.gated or self.W is None or self.tc is None:
+            return torch.ones(emb.shape[0], device=emb.device)
+        return ((emb.detach() @ self.W.t()).argmax(-1) == self.tc[gidx]).float()
 
     def total(self, encode, z, emb, idx, rows, step, keys=None):
         """As :meth:`Objective.total` (``step``: one, or one per row; ``keys``: the rows' sample indices)."""
@@ -148,7 +162,7 @@ class PenalisedObjective(Objective):
         clean = self.rows(er, gidx).sum()
         K = self.eot_samples
         if K == 0:
-            return clean + self.weight * self.penalty(zr, er, None, gidx).sum()
+            return clean + self.weight * (self._gate(er, gidx) * self.penalty(zr, er, None, gidx)).sum()
         keys = gidx.tolist() if keys is None else list(keys)
         steps = [int(step)] * len(keys) if isinstance(step, int) else [int(s) for s in step]
         noise = torch.stack([
@@ -157,7 +171,7 @@ class PenalisedObjective(Objective):
             for i, k in zip(keys, steps)]).to(zr.device)                            # (R, K, 3, H, W)
         feats = self.model.encode_image((zr[:, None] + noise).clamp(0, 1).flatten(0, 1), normalize=False)
         noisy = self.rows(F.normalize(feats, dim=-1), gidx.repeat_interleave(K)).sum() / K
-        pen = self.penalty(zr, er, feats.view(zr.shape[0], K, -1), gidx).sum()
+        pen = (self._gate(er, gidx) * self.penalty(zr, er, feats.view(zr.shape[0], K, -1), gidx)).sum()
         return self.eot_clean * clean + self.eot_weight * noisy + self.weight * pen
 
 
@@ -168,6 +182,7 @@ class DetectorAwareAlignment(EmbeddingAlignment):
         model: the model.
         penalty: see :class:`PenalisedObjective`.
         penalty_weight: its weight.
+        gated: penalise only images already in their target class.
         **cfg: fields of :class:`~pyvlmx.attacks.AlignmentConfig` (``eot_*``
             give the detector's noise; ``gradient`` must be ``exact``).
 
@@ -183,8 +198,9 @@ class DetectorAwareAlignment(EmbeddingAlignment):
 
     name = "detector-aware-alignment"
 
-    def __init__(self, model, penalty: Callable, *, penalty_weight: float = 1.0, **cfg):
+    def __init__(self, model, penalty: Callable, *, penalty_weight: float = 1.0, gated: bool = False, **cfg):
         super().__init__(model, **cfg)
+        self.gated = bool(gated)
         if self.config.gradient != "exact":
             raise ValueError(f"{self.name}: the detector penalty needs gradient='exact', got "
                              f"{self.config.gradient!r}")
@@ -192,7 +208,8 @@ class DetectorAwareAlignment(EmbeddingAlignment):
         self.penalty_weight = float(penalty_weight)
 
     def parts(self, objective, stop):
-        return super().parts(PenalisedObjective(objective, self.penalty, self.penalty_weight, self.model), stop)
+        return super().parts(PenalisedObjective(objective, self.penalty, self.penalty_weight, self.model,
+                                                self.gated), stop)
 
 
 def _hinge(z: torch.Tensor) -> torch.Tensor:
@@ -269,9 +286,10 @@ class SqueezePenalty:
 
 
 def adaptive_attack(detector: str, model, images: torch.Tensor, target_classes, class_weights: torch.Tensor, *,
-                    clean_raw: dict, eps: float, steps: int, eot_samples: int = 2, penalty_weight: float = 0.01,
+                    clean_raw: dict, eps: float, steps: int, eot_samples: int = 2, penalty_weight: float = 0.1,
                     noise_sigma: float = 4 / 255, ttc_eps: float = 4 / 255, squeeze_bits: int = 5,
-                    squeeze_median: int = 2, seed: int = 0, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
+                    squeeze_median: int = 2, seed: int = 0, batch_size: int = 8, loss: str = "l2",
+                    gated: bool = False) -> tuple[torch.Tensor, dict]:
     """The matrix's adaptive attacker of ``detector``: text-target alignment plus a penalty on its score.
 
     Args:
@@ -286,6 +304,8 @@ def adaptive_attack(detector: str, model, images: torch.Tensor, target_classes, 
         eps, steps: budget and sign steps (step 2.5 eps / steps, every step taken).
         eot_samples: copies of the detector's noise per step (noise, ttc).
         penalty_weight: weight of the penalty.
+        loss: the alignment loss ("l2", the paper's; "margin" for the class gap).
+        gated: apply the penalty only to images already in their target class.
         noise_sigma, ttc_eps, squeeze_bits, squeeze_median: the detectors' settings.
         seed: image i uses seed ``seed + i``.
         batch_size: images per attack batch.
@@ -310,9 +330,9 @@ def adaptive_attack(detector: str, model, images: torch.Tensor, target_classes, 
         penalty = SqueezePenalty(W, scale, Calibration.fit(np.asarray(clean_raw["max"])), bits=squeeze_bits,
                                  median=squeeze_median, model=model)
         eot = {"eot_samples": 0}
-    atk = DetectorAwareAlignment(model, penalty, penalty_weight=penalty_weight, eps=float(eps), max_steps=int(steps),
-                                 step_size=2.5 * float(eps) / int(steps), stop="steps", seed=int(seed), norm="linf",
-                                 quantize=True, optimizer="sign", loss="l2", **eot)
+    atk = DetectorAwareAlignment(model, penalty, penalty_weight=penalty_weight, gated=gated, eps=float(eps),
+                                 max_steps=int(steps), step_size=2.5 * float(eps) / int(steps), stop="steps",
+                                 seed=int(seed), norm="linf", quantize=True, optimizer="sign", loss=loss, **eot)
     tc = torch.as_tensor(list(target_classes), dtype=torch.long)
     out = torch.empty_like(images)
     t0 = time.perf_counter()
@@ -321,8 +341,9 @@ def adaptive_attack(detector: str, model, images: torch.Tensor, target_classes, 
         res = atk.run(images[b0:b1], target_classes=tc[b0:b1], class_weights=W.to(images.device),
                       seeds=list(range(seed + b0, seed + b1)))
         out[b0:b1] = res.images
-    cfg = {"attack": atk.name, "detector": detector, "loss": "l2 to the text target + penalty_weight * P",
-           "penalty": type(penalty).__name__, "penalty_weight": float(penalty_weight), "eps": float(eps),
+    cfg = {"attack": atk.name, "detector": detector, "loss": f"{loss} to the text target + penalty_weight * P",
+           "penalty": type(penalty).__name__, "penalty_weight": float(penalty_weight), "gated": bool(gated),
+           "eps": float(eps),
            "steps": int(steps), "step_size": 2.5 * float(eps) / int(steps), **eot,
            "gradient": "BPDA (straight-through bit depth)" if detector == "squeeze" else "exact",
            "wall_s": time.perf_counter() - t0}

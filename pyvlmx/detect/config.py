@@ -103,10 +103,13 @@ class MatrixConfig:
     adaptive_steps: int = field(default=20, metadata={"help": "iterations of each adaptive attacker (all taken)"})
     adaptive_eot_samples: int = field(default=2, metadata={
         "help": "noisy copies per step of the noise and ttc adaptive attackers (the detector's own noise)"})
-    penalty_weight: float = field(default=0.01, metadata={
-        "help": "weight w of the detector penalty in the adaptive attackers' objective (larger: less detectable, "
-                "less often aligned; on 6 sample photos w = 0.003 / 0.01 / 0.03 gave noise AUC 0.75 / 0.75 / 0.57 "
-                "at success 2/6, 0/6, 1/6)"})
+    penalty_weight: float = field(default=0.1, metadata={
+        "help": "weight w of the detector penalty in the adaptive attackers' objective"})
+    penalty_gated: bool = field(default=True, metadata={
+        "help": "apply the penalty only to images already classified as their target (align first, then hide); "
+                "ungated, the penalty fights the alignment from the first step: on 6 sample photos, 20 steps, "
+                "w = 0.01 / 0.03 aligned 0/6 and 1/6 (noise AUC 0.75 / 0.57), gated w = 0.03 / 0.1 / 0.3 aligned "
+                "4/6, 3/6, 3/6 (AUC 0.83 / 0.83 / 0.81)"})
     folds: int = field(default=2, metadata={"help": "cross-fitting folds of the clean calibration"})
     resamples: int = field(default=1000, metadata={"help": "bootstrap resamples over images (>= 1000)"})
     fpr: float = field(default=0.05, metadata={"help": "false-positive rate of the TPR column"})

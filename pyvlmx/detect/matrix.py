@@ -281,7 +281,8 @@ def run_matrix(model, images: torch.Tensor, labels: Sequence[int], classnames: S
                                         steps=cfg.adaptive_steps, eot_samples=cfg.adaptive_eot_samples,
                                         penalty_weight=cfg.penalty_weight, noise_sigma=cfg.noise_sigma,
                                         ttc_eps=cfg.ttc_eps, squeeze_bits=cfg.squeeze_bits,
-                                        squeeze_median=cfg.squeeze_median, seed=cfg.seed, batch_size=cfg.batch_size)
+                                        squeeze_median=cfg.squeeze_median, seed=cfg.seed, batch_size=cfg.batch_size,
+                                        gated=cfg.penalty_gated)
             rows.append(AttackedSet(f"adaptive-{d}", "adaptive", adv, keep.tolist(), tt[:n_ad], acfg,
                                     acfg["wall_s"], adaptive_for=d))
             say(f"[matrix] adaptive attacker of {d}: {acfg['wall_s']:.1f} s on {n_ad} images")
