@@ -70,7 +70,10 @@ def _study_spectra() -> SpectraConfig:
 
 
 def _study_matrix() -> MatrixConfig:
-    return MatrixConfig()
+    # the paper's attack, torchattacks' PGD and the noise controls against all three detectors: 5 attack
+    # rows. The whole matrix (9 rows: alignment-image and APGD too) costs about as much as the rest of the
+    # study on a 2-core CPU; `pyvlmx detect --attacks ...` runs it, or --matrix-attacks here.
+    return MatrixConfig(attacks=("alignment-text", "pgd", "noise"))
 
 
 @dataclass

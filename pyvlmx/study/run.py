@@ -137,7 +137,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, progress: bool = True, l
     log(f"study: model={cfg.model} data={cfg.data} device={device} -> {out}")
     log(f"sizes: targets={sw.targets} per image, eps={atk.eps * 255:.1f}/255, noise {nz.n} copies x "
         f"{len(nz.sigmas)} sigmas on {nz.images} image(s), spectra of {sp.pairs} pairs "
-        f"(k={sp.k}, {sp.method}), detector K={dt.k}, EOT on {dt.eot_images} images")
+        f"(k={sp.k}, {sp.method}), detector K={dt.k}, EOT on {dt.eot_images} images, "
+        + (f"matrix {','.join(cfg.matrix.attacks)} x {','.join(cfg.matrix.detectors)}"
+           f"{' + adaptive' if cfg.matrix.adaptive else ''}" if cfg.detect_matrix else "no detection matrix"))
     # before the model loads: the data folder exists and has the classes the sweep needs
     sw.check_dataset(len(load_dataset(cfg.data, image_size=None, verify="none").classnames))
     model = load_model(cfg.model, pretrained=cfg.pretrained, device=device)
