@@ -72,10 +72,9 @@ def plot_matrix(result: dict, path: str | Path) -> Figure:
             ax.text(j, i, f"{c['auc']:.2f}\n[{c['auc_ci'][0]:.2f}, {c['auc_ci'][1]:.2f}]", ha="center",
                     va="center", fontsize=7.5, color="white" if dark else "black")
     labels = []
-    for r in rows:
+    for r in rows:  # an adaptive row's name says which detector it attacks (adaptive-<detector>)
         c = by[(r, dets[0])]
-        tag = f" (adaptive vs {c['adaptive_for']})" if c.get("adaptive_for") else ""
-        labels.append(f"{r}{tag}\nsuccess {c['attack_success']:.2f}, n={c['n_attacked']}")
+        labels.append(f"{r}\nsuccess {c['attack_success']:.2f}, n={c['n_attacked']}")
     ax.set_xticks(range(len(dets)), dets)
     ax.set_yticks(range(len(rows)), labels, fontsize=7.5)
     ax.xaxis.tick_top()
