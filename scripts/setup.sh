@@ -23,7 +23,7 @@ if [ ! -x "$VPY" ]; then
 fi
 
 # --- dependencies ------------------------------------------------------------------------
-REQ_FILES="requirements.txt requirements-dev.txt requirements-imagebind.txt"
+REQ_FILES="requirements.txt requirements-dev.txt requirements-imagebind.txt requirements-torchattacks.txt"
 REQ_STAMP=.venv/.pyvlmx-requirements.sha256
 req_hash=$(cat $REQ_FILES | sha256sum | cut -d' ' -f1)
 satisfied() {
@@ -52,6 +52,8 @@ else
   "$VPY" -m pip install -q -r requirements-dev.txt
   # Optional ImageBind family, without its audio/video dependencies (see the file).
   "$VPY" -m pip install -q --no-deps -r requirements-imagebind.txt
+  # torchattacks (the detection matrix's PGD/APGD) without its stale requests pin (see the file).
+  "$VPY" -m pip install -q --no-deps -r requirements-torchattacks.txt
   echo "$req_hash" > "$REQ_STAMP"
 fi
 

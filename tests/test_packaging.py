@@ -39,6 +39,7 @@ def _by_name(reqs) -> dict[str, Requirement]:
 
 @pytest.mark.parametrize("extra,name", [(None, "requirements.txt"), ("dev", "requirements-dev.txt"),
                                         ("imagebind", "requirements-imagebind.txt"),
+                                        ("attacks", "requirements-torchattacks.txt"),
                                         ("bench", "benchmarks/requirements.txt")])
 def test_requirement_files_match_the_metadata(extra, name):
     project = _project()
@@ -62,7 +63,7 @@ def test_metadata_entry_point_and_package_data():
     project = _project()
     assert project["name"] == "pyvlmx" and project["requires-python"] == ">=3.10"
     assert project["scripts"] == {"pyvlmx": "pyvlmx.cli:main"}
-    assert set(project["optional-dependencies"]) == {"imagebind", "hf", "dev", "bench"}
+    assert set(project["optional-dependencies"]) == {"imagebind", "attacks", "hf", "dev", "bench"}
     assert "version" in project["dynamic"]
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert cfg["dynamic"]["version"] == {"attr": "pyvlmx.__version__"}
