@@ -457,9 +457,10 @@ def test_study_options_of_the_matrix():
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
     args = p.parse_args(["study", "--matrix-attacks", "noise,pgd", "--matrix-detectors", "ttc",
-                         "--matrix-adaptive", "--eps", "2/255"])
+                         "--no-matrix-adaptive", "--eps", "2/255"])
     cfg = dataclass_from_args(StudyConfig, args)
-    assert (cfg.matrix.attacks, cfg.matrix.detectors, cfg.matrix.adaptive) == (("noise", "pgd"), ("ttc",), True)
+    assert (cfg.matrix.attacks, cfg.matrix.detectors, cfg.matrix.adaptive) == (("noise", "pgd"), ("ttc",), False)
+    assert StudyConfig().matrix.adaptive      # the study's default: the adaptive rows too
     assert cfg.detect_matrix and cfg.stage_matrix().eps == 2 / 255 == cfg.attack.eps
     with pytest.raises(SystemExit):                     # the budget is the study's: no option of its own
         p.parse_args(["study", "--matrix-eps", "8/255"])
