@@ -40,7 +40,8 @@ def tiny_study(tmp_path_factory):
                              "acc_copies": 2},
                       spectra={"pairs": 2, "k": 4, "method": "exact"},
                       detect={"k": 4, "eot_images": 2, "eot_samples": 2, "eot_steps": 3},
-                      matrix={"attacks": ("alignment-text", "noise"), "steps": 2, "noise_k": 2})
+                      matrix={"attacks": ("alignment-text", "noise"), "steps": 2, "noise_k": 2,
+                              "adaptive_images": 4, "adaptive_steps": 2})
     log = []
     study = run_study(cfg, out, progress=False, log=log.append)
     return cfg, out, study, log
@@ -428,6 +429,10 @@ def test_study_detect_matrix_section_is_the_stored_cells(tiny_study):
     assert matrix["n_images"] == len(CLASSES)
     assert {c["detector"] for c in matrix["cells"]} == set(cfg.matrix.detectors)
     assert len(matrix["cells"]) == len(matrix["rows"]) * len(cfg.matrix.detectors)
+    # the study's default has the adaptive rows: one attacker per detector, on the first adaptive_images
+    adaptive = [c for c in matrix["cells"] if c.get("adaptive_for")]
+    assert {c["adaptive_for"] for c in adaptive} == set(cfg.matrix.detectors)
+    assert {c["n_attacked"] for c in adaptive} == {cfg.matrix.adaptive_images}
     sec = _section(study, "Detection matrix")
     (tab,) = sec["tables"]
     assert tab["rows"] == [[c["attack"], c["detector"], c.get("adaptive_for") or "", c["n_clean"], c["n_attacked"],
