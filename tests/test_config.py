@@ -130,7 +130,7 @@ def test_study_nests_the_stage_configs_with_todays_defaults():
     assert (c.sweep.targets, c.attack.eps, c.attack.max_steps, c.sweep.batch_size) == (3, 4 / 255, 100, 32)
     assert (c.noise.n, c.noise.images, c.noise.sigmas) == (256, 1, (0.1 / 255, 1 / 255, 4 / 255))
     assert c.noise.accuracy_sigmas() == (0.0, 2 / 255, 8 / 255, 16 / 255, 32 / 255) and c.noise.acc_copies == 4
-    assert (c.spectra.pairs, c.spectra.k, c.spectra.method) == (2, 16, "randomized")
+    assert (c.spectra.pairs, c.spectra.k, c.spectra.method) == (12, 16, "randomized")  # every paired test can reach p < 0.01
     assert (c.detect.sigma, c.detect.k, c.detect.eot_images, c.detect.eot_samples, c.detect.eot_steps) == \
         (8 / 255, 16, 4, 4, 30)
     c.validate()
