@@ -221,7 +221,9 @@ class EmbeddingAlignment(Attack):
         if schedule == "continuous" and pad:
             from pyvlmx.attacks.precision import CPU_BLOCK
 
-            slots = min(batch_size or B, B)
+            # from the configured slot count, not from how many samples this call has: a resumed run
+            # with 2 pairs left uses the blocks the full run used
+            slots = batch_size or B
             self._precision.block = slots if device.type == "cuda" else min(slots, CPU_BLOCK)
         targets, target_classes = self._check_targets(B, images, targets, target_images, target_classes,
                                                       class_weights)
