@@ -78,3 +78,19 @@ def test_the_default_model_folded_and_channels_last_matches_timm_as_loaded():
     (ga,) = torch.autograd.grad(ea[:, 0].sum(), xa)
     (gb,) = torch.autograd.grad(eb[:, 0].sum(), xb)
     torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-6)
+
+
+def test_the_fast_default_model_runs_under_vmap_of_jvp_as_the_noise_and_spectra_stages_do():
+    from pyvlmx.models import load_model
+
+    fast = load_model("conse-efficientnet-lite0")
+    plain = load_model("conse-efficientnet-lite0", fast=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 224, 224, generator=g)
+    v = torch.randn(2, 1, 3, 224, 224, generator=g)
+
+    def jv(m):
+        return torch.vmap(lambda t: torch.func.jvp(m.encode_image, (x,), (t,))[1])(v)
+
+    a, b = jv(fast), jv(plain)
+    assert float((a - b).abs().max()) <= 2e-3 * float(b.abs().max())

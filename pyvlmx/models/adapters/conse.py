@@ -247,7 +247,8 @@ class ConSEModel(VisionLanguageModel):
         self.register_buffer("class_text", self.class_embeddings(IMAGENET_CLASSNAMES, self.class_prompts).clone())
 
     def _tower(self, normalized: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and normalized.dim() == 4:
+        # not inside a functorch transform (vmap has no channels-last clone); the weights stay channels-last
+        if self.channels_last and normalized.dim() == 4 and torch._C._functorch.maybe_get_level(normalized) == -1:
             normalized = normalized.contiguous(memory_format=torch.channels_last)
         return self.classifier(normalized)
 
