@@ -150,23 +150,22 @@ class Precision:
 
 
 @contextlib.contextmanager
-def _tf32():
+def _allow_tf32(flag: bool):
+    """TF32 matmuls and convolutions on (or off) inside the block, the previous settings restored after."""
     m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = flag
+    torch.backends.cudnn.allow_tf32 = flag
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
 
 
+def _tf32():
+    return _allow_tf32(True)
+
+
 @contextlib.contextmanager
 def _fp32():
-    m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
+    with _allow_tf32(False), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        yield

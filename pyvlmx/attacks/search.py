@@ -56,6 +56,17 @@ class Outcome:
             self.eps[i] = float(eps_now[j])
             self.wall[i] = now - (t_start if isinstance(t_start, (int, float)) else t_start[j])
 
+    def set_best(self, i: int, best: tuple, eps: float, wall: float) -> None:
+        """Sample i's result is its best bisection success ``(image, embedding, steps, reason)`` at ``eps``."""
+        img, emb, steps, reason = best
+        self.images[i] = img
+        self.emb[i] = emb
+        self.steps[i] = steps
+        self.reason[i] = reason
+        self.success[i] = True
+        self.eps[i] = float(eps)
+        self.wall[i] = wall
+
     def bookkeeping(self, i: int) -> dict:
         """The attack's own record of sample i (no metrics: see :mod:`pyvlmx.metrics`)."""
         return {"success": bool(self.success[i]), "reason": self.reason[i], "steps": int(self.steps[i]),
@@ -161,14 +172,8 @@ class BudgetSearch:
 
             self._loop_at(x0, cand, mid, seeds, leave)
         now = time.perf_counter() - t_start
-        for i, (img, emb, steps, reason) in best.items():
-            out.images[i] = img
-            out.emb[i] = emb
-            out.steps[i] = steps
-            out.reason[i] = reason
-            out.success[i] = True
-            out.eps[i] = float(hi[i])
-            out.wall[i] = now
+        for i, b in best.items():
+            out.set_best(i, b, float(hi[i]), now)
         if best:
             on_final(torch.tensor(sorted(best), device=device))
 
@@ -275,14 +280,7 @@ class ContinuousSearch:
             now = time.perf_counter()
             for i in final:
                 if i in best:  # a bisected sample: its best (smallest-budget) success
-                    img, emb, steps, reason = best.pop(i)
-                    out.images[i] = img
-                    out.emb[i] = emb
-                    out.steps[i] = steps
-                    out.reason[i] = reason
-                    out.success[i] = True
-                    out.eps[i] = float(hi[i])
-                    out.wall[i] = now - started[i]
+                    out.set_best(i, best.pop(i), hi[i], now - started[i])
             if final:
                 on_final(torch.tensor(sorted(final)))
 
