@@ -75,24 +75,28 @@ def test_margin_loss_attack_reaches_the_target_class(tiny_clip):
     assert all(r["loss"] == pytest.approx(-r["margin_after"], abs=1e-5) for r in res.records)
 
 
-def test_adam_state_follows_each_sample():
+def test_adam_state_is_per_slot():
+    """Slots 0 and 2 step twice, slot 1 is taken by a new sample after one step: each slot's
+    direction is that of a fresh Adam run on its own sample's gradients."""
     torch.manual_seed(0)
     g1, g2, g3 = (torch.randn(3, 5) for _ in range(3))
-    together = AdamStep()
-    together.init(torch.zeros(3, 5))
-    together.direction(g1)
-    together.keep(torch.tensor([0, 2]))            # sample 1 left
-    together.add(torch.zeros(1, 5))                # a new sample enters at step 0
-    d = together.direction(torch.cat([g2[[0, 2]], g3[:1]]))
-    for row, (first, second) in enumerate([(g1[0], g2[0]), (g1[2], g2[2])]):
+    slots = AdamStep()
+    slots.init(torch.zeros(3, 5))
+    slots.direction(g1)
+    slots.reset([1])                                # a new sample takes slot 1 at step 0
+    d = slots.direction(torch.stack([g2[0], g3[1], g2[2]]), [0, 1, 2])
+    for row, seq in ((0, (g1[0], g2[0])), (1, (g3[1],)), (2, (g1[2], g2[2]))):
         alone = AdamStep()
         alone.init(torch.zeros(1, 5))
-        alone.direction(first[None])
-        torch.testing.assert_close(d[row], alone.direction(second[None])[0])
-    fresh = AdamStep()
-    fresh.init(torch.zeros(1, 5))
-    torch.testing.assert_close(d[2], fresh.direction(g3[:1])[0])
-    assert together.count == [2, 2, 1]
+        for g in seq:
+            last = alone.direction(g[None])
+        torch.testing.assert_close(d[row], last[0])
+    # a step of some slots leaves the others' state alone
+    before = slots.m.clone(), slots.v.clone()
+    slots.direction(g3[:1], [2])
+    torch.testing.assert_close(slots.m[:2], before[0][:2])
+    torch.testing.assert_close(slots.v[:2], before[1][:2])
+    assert slots.count == [2, 1, 3]
 
 
 def test_step_rules_and_their_projected_step_modes():

@@ -37,7 +37,7 @@ from pyvlmx.attacks.config import (DEFAULT_GD_STEP, DEFAULT_REL_STEP, ERRORS, GR
 from pyvlmx.attacks.engine import Parts
 from pyvlmx.attacks.gradient import ExactGradient, FixedJacobianGradient
 from pyvlmx.attacks.objective import Objective
-from pyvlmx.attacks.search import BudgetSearch, ContinuousSearch, Outcome
+from pyvlmx.attacks.search import BudgetSearch, Outcome
 from pyvlmx.attacks.steps import make_step_rule
 from pyvlmx.attacks.stop import StopRule
 from pyvlmx.models.base import check_pixels
@@ -178,8 +178,8 @@ class EmbeddingAlignment(Attack):
                 images (k, 3, H, W)), e.g. to stream records to disk.
             batch_size: samples stepped together (default: all B).
             schedule: "fixed": the samples run as one batch that shrinks as
-                they finish (each round of a minimal-budget search in
-                lockstep); "continuous": ``batch_size`` slots are kept busy,
+                they finish (the next rounds of a minimal-budget search start
+                together once the batch has drained); "continuous": ``batch_size`` slots are kept busy,
                 a finished sample's slot taken by the next pending one
                 (:class:`~pyvlmx.attacks.engine.SlotLoop`).  A sample's
                 record does not depend on the schedule or its companions
@@ -273,18 +273,15 @@ class EmbeddingAlignment(Attack):
                 if on_done is not None:
                     on_done(gidx.tolist(), recs, out.images[gidx.to(device)])
 
-            if schedule == "fixed":
-                search = BudgetSearch(parts, self._make_budget, minimal=cfg.minimal,
-                                      eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
-                                      random_start=cfg.random_start)
-                search.run(x0, eps_t, seeds, out, on_final)
+            if schedule == "fixed":  # the batch runs its rounds together, shrinking as samples leave
+                slots, refill = B, "drain"
             else:
-                search = ContinuousSearch(
-                    parts, cfg.default_step, norm=cfg.norm, step_kind=make_step_rule(cfg.optimizer).step_kind(cfg.norm),
-                    minimal=cfg.minimal, eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
-                    random_start=cfg.random_start, batch_size=min(batch_size or B, B),
-                    refill="half" if cfg.gradient == "fixed_jacobian" else "eager")
-                search.run(x0, eps_t.cpu(), seeds, out, on_final, order=order)
+                slots, refill = min(batch_size or B, B), "half" if cfg.gradient == "fixed_jacobian" else "eager"
+            search = BudgetSearch(
+                parts, cfg.default_step, norm=cfg.norm, step_kind=make_step_rule(cfg.optimizer).step_kind(cfg.norm),
+                minimal=cfg.minimal, eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
+                random_start=cfg.random_start, batch_size=slots, refill=refill)
+            search.run(x0, eps_t.cpu(), seeds, out, on_final, order=order)
         finally:
             model.check_inputs = checking
         missing = [i for i, r in enumerate(records) if r is None]
@@ -320,11 +317,6 @@ class EmbeddingAlignment(Attack):
                      gradient=source(prec.search, objective),
                      make_step_rule=lambda: make_step_rule(cfg.optimizer, cfg.adam_betas),
                      quantize=cfg.quantize, max_steps=cfg.max_steps, errors=cfg.errors, precision=prec)
-
-    def _make_budget(self, eps: torch.Tensor) -> Budget:
-        cfg = self.config
-        alpha = torch.tensor([cfg.default_step(float(e)) for e in eps.tolist()], device=eps.device)
-        return Budget(cfg.norm, eps, alpha, make_step_rule(cfg.optimizer).step_kind(cfg.norm))
 
     def _records(self, out: Outcome, gidx, x0, emb0, t, W, tc, labels, objective: Objective,
                  stop: StopRule) -> list[dict]:

@@ -12,9 +12,13 @@ separation of loss, step rule and schedule):
   the 8-bit image when ``quantize``,
 * a :class:`~pyvlmx.attacks.gradient.GradientSource` (exact or fixed Jacobian).
 
-:func:`run_loop` steps a batch; each sample leaves as soon as its stop rule
-holds (or it fails, or reaches the step limit), so finished samples cost
-nothing more.  Leaving samples are reported through ``on_leave`` with their
+:class:`SlotLoop` steps B slots, one (sample, budget) :class:`Job` in each;
+each sample leaves as soon as its stop rule holds (or it fails, or reaches
+the step limit), so finished samples cost nothing more, and its slot is
+refilled from the :class:`JobQueue` by the loop's refill policy: at once
+(continuous batching), when half the slots are free, or only when all are
+(the fixed schedule: the batch shrinks as samples finish, as a plain batched
+loop does).  Leaving samples are reported through ``on_leave`` with their
 image, embedding, success, step count and reason.  The loop knows nothing of
 PSNR, predictions or files: evaluation is :mod:`pyvlmx.metrics`' job.
 """
@@ -31,6 +35,7 @@ from pyvlmx.attacks.budget import Budget
 from pyvlmx.attacks.gradient import GradientSource
 from pyvlmx.attacks.objective import Objective
 from pyvlmx.attacks.precision import Precision
+from pyvlmx.attacks.precision import encode_blocks  # noqa: F401  (re-exported: the loop's fixed shapes)
 from pyvlmx.attacks.steps import StepRule
 from pyvlmx.attacks.stop import StopRule
 
@@ -93,122 +98,6 @@ def _fail_nonfinite(parts: Parts, what: str, rows: list[int], step: int) -> None
                            f"(errors='record' marks such samples failed instead)")
 
 
-def run_loop(parts: Parts, x0: torch.Tensor, idx: torch.Tensor, budget: Budget, seeds: Sequence[int],
-             random_start: bool, on_leave: Callable[[Leaving], None]) -> None:
-    """Run the step loop for samples ``idx`` of ``x0`` under ``budget`` (one radius per entry of ``idx``).
-
-    Args:
-        parts: the attack's parts.
-        x0: (B, 3, H, W) originals of the whole attack batch.
-        idx: (n,) sample indices this loop runs.
-        budget: radii and step sizes for the n samples, in ``idx`` order.
-        seeds: the n samples' seeds (random start).
-        random_start: start uniformly in the ball.
-        on_leave: called with each :class:`Leaving` group; every sample of
-            ``idx`` leaves exactly once.
-    """
-    stop = parts.stop
-    x0_loop = x0[idx]
-    z = budget.start(x0_loop, seeds, random_start)
-    act = torch.arange(idx.numel(), device=x0.device)  # batch row -> position in idx
-    rule = parts.make_step_rule()
-    rule.init(z)
-    parts.gradient.start(x0_loop)
-    graph = parts.gradient.needs_graph
-
-    for k in range(parts.max_steps + 1):
-        gidx = idx[act]
-        if graph:
-            z.requires_grad_(True)
-            emb = parts.encode(z)
-        else:
-            with torch.no_grad():
-                emb = parts.encode(z)
-        with torch.no_grad():
-            e = emb.detach()
-            finite = torch.isfinite(e).all(dim=1)
-            if not bool(finite.all()):
-                _fail_nonfinite(parts, "embedding", gidx[~finite].tolist(), k)
-            ok = stop.ok(e, gidx) & finite
-            done = torch.zeros_like(ok)
-            final_img = z.detach()
-            final_emb = e
-            if stop.rule != "steps" and bool(ok.any()):
-                if parts.quantize or not parts.exact:
-                    cand = ok.nonzero().squeeze(1)
-                    q = budget.quantize(z.detach()[cand], x0_loop[act[cand]], act[cand]) if parts.quantize \
-                        else z.detach()[cand]
-                    eq = parts.certify(q)
-                    okq = stop.ok(eq, gidx[cand]) & torch.isfinite(eq).all(dim=1)
-                    sel = cand[okq]
-                    done[sel] = True
-                    final_img = z.detach().clone()
-                    final_img[sel] = q[okq]
-                    final_emb = e.clone()
-                    final_emb[sel] = eq[okq]
-                else:
-                    done = ok
-            bad = ~finite
-            last = k == parts.max_steps
-            leaving = done | bad | (torch.ones_like(done) if last else torch.zeros_like(done))
-            if bool(leaving.any()):
-                on_leave(_leave(parts, stop, budget, x0_loop, act, gidx, leaving, done, bad, final_img,
-                                final_emb, k))
-            if last:
-                break
-            keep = ~leaving
-            if not bool(keep.any()):
-                return
-            kpos = keep.nonzero().squeeze(1)
-
-        g = parts.gradient(z, emb, gidx, act, kpos, k)
-        z = z.detach()
-        with torch.no_grad():
-            gfin = torch.isfinite(g.flatten(1)).all(dim=1)
-            if not bool(gfin.all()):
-                _fail_nonfinite(parts, "gradient", gidx[kpos][~gfin].tolist(), k)
-                pos = kpos[~gfin]
-                n = pos.numel()
-                on_leave(Leaving(gidx[pos], z[pos], e[pos], torch.zeros(n, dtype=torch.bool), k,
-                                 [f"non-finite gradient at step {k}"] * n))
-                kpos, g = kpos[gfin], g[gfin]
-                if kpos.numel() == 0:
-                    return
-            rule.keep(kpos)  # the step rule's state follows the samples that stay
-            direction = rule.direction(g)
-            ak = act[kpos]
-            z = budget.step(z[kpos], x0_loop[ak], direction, ak)
-            act = ak
-
-
-def _leave(parts, stop, budget, x0_loop, act, gidx, leaving, done, bad, final_img, final_emb, k) -> Leaving:
-    pos = leaving.nonzero().squeeze(1)
-    reasons = []
-    for p in pos.tolist():
-        if bool(done[p]):
-            reasons.append(stop.reason)
-        elif bool(bad[p]):
-            reasons.append(f"non-finite embedding at step {k}")
-        else:
-            reasons.append("step limit")
-    imgs = final_img[pos]
-    embs = final_emb[pos]
-    if parts.quantize or not parts.exact:  # failed samples too: their 8-bit rounding, its fp32 embedding
-        nq = (~done[pos]) & (~bad[pos])
-        if bool(nq.any()):
-            sub = nq.nonzero().squeeze(1)
-            imgs = imgs.clone()
-            embs = embs.clone()
-            if parts.quantize:
-                imgs[sub] = budget.quantize(imgs[sub], x0_loop[act[pos[sub]]], act[pos[sub]])
-            embs[sub] = parts.certify(imgs[sub])
-    succ = done[pos]
-    if stop.rule == "steps":  # judged once, on the final (rounded) image
-        succ = stop.ok(embs, gidx[pos], stop.final) & ~bad[pos]
-        reasons = [r if r != "step limit" else f"ran {k} steps" for r in reasons]
-    return Leaving(gidx[pos], imgs, embs, succ, k, reasons)
-
-
 # --------------------------------------------------------------------------- continuous batching
 @dataclass
 class Job:
@@ -250,9 +139,6 @@ def _dev(values: Sequence[int], device) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long).to(device, non_blocking=True)
 
 
-from pyvlmx.attacks.precision import encode_blocks  # noqa: E402,F401  (re-exported: the loop's fixed shapes)
-
-
 class _HostRead:
     """Reads small device tensors on the host: a non-blocking copy into pinned memory, then a wait
     on an event recorded after it (on CUDA; a plain copy on the CPU).  This is the loop's one
@@ -270,6 +156,9 @@ class _HostRead:
         ev.record()
         ev.synchronize()
         return host.tolist()
+
+
+REFILLS = ("eager", "half", "drain")
 
 
 class SlotLoop:
@@ -305,16 +194,16 @@ class SlotLoop:
     numbers independent of how many companions it has.
         refill: "eager" fills a free slot at the next step; "half" waits
             until half the slots are free (for the fixed-Jacobian gradient,
-            whose VJP closure is rebuilt when slots change).
+            whose VJP closure is rebuilt when slots change); "drain" waits
+            until every slot is free (the fixed schedule: the jobs run in
+            batches of B that shrink as their samples leave).
     """
 
     def __init__(self, parts: Parts, x0: torch.Tensor, queue: JobQueue, batch_size: int, norm: str,
                  step_kind: str, random_start: bool, on_leave: Callable[[Leaving, list[Job]], None], *,
                  refill: str = "eager"):
-        from pyvlmx.attacks.budget import Budget
-
-        if refill not in ("eager", "half"):
-            raise ValueError(f"refill must be 'eager' or 'half', got {refill!r}")
+        if refill not in REFILLS:
+            raise ValueError(f"refill must be one of {list(REFILLS)}, got {refill!r}")
         B = int(batch_size)
         if B < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -342,7 +231,7 @@ class SlotLoop:
         self.entered = 0
         if not free or not len(self.queue):
             return
-        if self.refill == "half" and len(free) < self.B and len(free) * 2 < self.B:
+        if len(free) < self.B and (self.refill == "drain" or (self.refill == "half" and len(free) * 2 < self.B)):
             return
         new = self.queue.pop(len(free))
         rows = free[:len(new)]

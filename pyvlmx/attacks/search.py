@@ -1,15 +1,18 @@
-"""The minimal-budget search: the loop, called again with other budgets.
+"""The minimal-budget search: each sample's rounds of the loop, at other budgets.
 
-``minimal="off"``        one loop at each sample's budget;
-``minimal="escalate"``   the budgets of ``eps_schedule`` in turn, each round
-                         only for the samples that have not succeeded yet;
+``minimal="off"``        one round at each sample's budget;
+``minimal="escalate"``   the budgets of ``eps_schedule`` in turn, a round
+                         only while the sample has not succeeded;
 ``minimal="bisect"``     escalate, then bisect ``bisect_steps`` times between
                          the last failing and the first succeeding budget,
                          keeping the best (smallest) success.
 
-A sample becomes *final* (reported through ``on_final``) as soon as nothing
-more will change it: in plain mode when it leaves the loop, in escalation
-when it succeeds or the last budget fails, in bisection at the end.
+Every round of every sample is one :class:`~pyvlmx.attacks.engine.Job` of
+one :class:`~pyvlmx.attacks.engine.SlotLoop`; the schedule is the loop's
+refill policy.  A sample becomes *final* (reported through ``on_final``) as
+soon as nothing more will change it: in plain mode when it leaves the loop,
+in escalation when it succeeds or the last budget fails, in bisection after
+its last round.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pyvlmx.attacks.budget import Budget
-from pyvlmx.attacks.engine import Job, JobQueue, Leaving, Parts, SlotLoop, run_loop
+from pyvlmx.attacks.engine import Job, JobQueue, Leaving, Parts, SlotLoop
 
 
 class Outcome:
@@ -75,119 +77,15 @@ class Outcome:
 
 
 class BudgetSearch:
-    """Runs the loop for a batch under a minimal-budget mode.
-
-    Args:
-        parts: the attack's parts.
-        make_budget: ``(eps (n,)) -> Budget`` for n samples.
-        minimal: "off", "escalate" or "bisect".
-        eps_schedule, bisect_steps: the search's budgets and rounds.
-        random_start: start uniformly in the ball.
-    """
-
-    def __init__(self, parts: Parts, make_budget: Callable[[torch.Tensor], Budget], *, minimal: str,
-                 eps_schedule: Sequence[float], bisect_steps: int, random_start: bool):
-        self.parts = parts
-        self.make_budget = make_budget
-        self.minimal = minimal
-        self.schedule = list(eps_schedule)
-        self.bisect_steps = bisect_steps
-        self.random_start = random_start
-
-    def run(self, x0: torch.Tensor, eps: torch.Tensor, seeds: Sequence[int], out: Outcome,
-            on_final: Callable[[torch.Tensor], None]) -> None:
-        t_start = time.perf_counter()
-        B = x0.shape[0]
-        device = x0.device
-        all_idx = torch.arange(B, device=device)
-        if self.minimal == "off":
-            def leave(ev: Leaving) -> None:
-                out.store(ev, eps[ev.index].tolist(), t_start)
-                on_final(ev.index)
-            self._loop_at(x0, all_idx, eps, seeds, leave)
-            return
-        lo, hi = self._escalate(x0, seeds, out, on_final, t_start)
-        if self.minimal == "bisect":
-            self._bisect(x0, seeds, out, on_final, t_start, lo, hi)
-
-    def _escalate(self, x0, seeds, out, on_final, t_start):
-        B = x0.shape[0]
-        device = x0.device
-        lo = torch.zeros(B, dtype=torch.float32, device=device)
-        hi = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
-        pending = torch.arange(B, device=device)
-        for r, e in enumerate(self.schedule):
-            if pending.numel() == 0:
-                break
-            last_round = r == len(self.schedule) - 1
-            succeeded: list[int] = []
-
-            def leave(ev: Leaving, _e=e, _last=last_round) -> None:
-                out.store(ev, [_e] * ev.index.numel(), t_start)
-                final = []
-                for j, i in enumerate(ev.index.tolist()):
-                    if bool(ev.success[j]):
-                        hi[i] = _e
-                        succeeded.append(i)
-                    else:
-                        lo[i] = _e
-                    if (bool(ev.success[j]) and self.minimal == "escalate") or \
-                            (not bool(ev.success[j]) and _last) or ev.reasons[j].startswith("non-finite"):
-                        final.append(i)
-                if final:
-                    on_final(torch.tensor(final, device=device))
-
-            eps_now = torch.full((pending.numel(),), e, dtype=torch.float32, device=device)
-            self._loop_at(x0, pending, eps_now, seeds, leave)
-            done = set(succeeded) | {i for i in pending.tolist() if out.reason[i].startswith("non-finite")}
-            pending = torch.tensor([i for i in pending.tolist() if i not in done], dtype=torch.long, device=device)
-        return lo, hi
-
-    def _loop_at(self, x0, idx, eps_for_idx, seeds, on_leave):
-        run_loop(self.parts, x0, idx, self.make_budget(eps_for_idx), [seeds[i] for i in idx.tolist()],
-                 self.random_start, on_leave)
-
-    def _bisect(self, x0, seeds, out, on_final, t_start, lo, hi):
-        B = x0.shape[0]
-        device = x0.device
-        cand = torch.tensor([i for i in range(B) if bool(out.success[i])], dtype=torch.long, device=device)
-        best = {i: (out.images[i].clone(), out.emb[i].clone(), int(out.steps[i]), out.reason[i])
-                for i in cand.tolist()}
-        for _ in range(self.bisect_steps):
-            if cand.numel() == 0:
-                break
-            mid = (lo[cand] + hi[cand]) / 2
-
-            def leave(ev: Leaving, _mid=mid, _cand=cand) -> None:
-                pos = torch.searchsorted(_cand, ev.index)
-                for j, i in enumerate(ev.index.tolist()):
-                    me = float(_mid[pos[j]])
-                    out.total_steps[i] += ev.step_of(j)
-                    out.rounds[i] += 1
-                    if bool(ev.success[j]):
-                        hi[i] = me
-                        best[i] = (ev.images[j].clone(), ev.embeddings[j].clone(), ev.step_of(j), ev.reasons[j])
-                    else:
-                        lo[i] = me
-
-            self._loop_at(x0, cand, mid, seeds, leave)
-        now = time.perf_counter() - t_start
-        for i, b in best.items():
-            out.set_best(i, b, float(hi[i]), now)
-        if best:
-            on_final(torch.tensor(sorted(best), device=device))
-
-
-class ContinuousSearch:
-    """The same search, one sample at a time, over continuously batched slots.
+    """The search, one sample at a time, over the loop's slots.
 
     Each (sample, budget) round is a :class:`~pyvlmx.attacks.engine.Job`;
     when a round leaves its slot the sample's next round (the next budget of
     the schedule, or the next bisection midpoint) goes to the front of the
     queue, so a sample's rounds follow each other and it becomes final as
-    soon as its own search ends.  The decisions are the same as
-    :class:`BudgetSearch`'s, sample by sample, so a sample's record does not
-    depend on which samples share its slots.
+    soon as its own search ends.  A sample's decisions depend on its own
+    rounds only, so its record does not depend on which samples share its
+    slots, nor on the refill policy.
 
     Args:
         parts: the attack's parts.
@@ -195,7 +93,8 @@ class ContinuousSearch:
         norm, step_kind: the budget's norm and the projected step's mode.
         minimal, eps_schedule, bisect_steps, random_start: as in :class:`BudgetSearch`.
         batch_size: slots.
-        refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`.
+        refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`: "eager" (continuous
+            batching), "half" or "drain" (the fixed schedule).
     """
 
     def __init__(self, parts: Parts, step_size: Callable[[float], float], *, norm: str, step_kind: str,
@@ -213,7 +112,7 @@ class ContinuousSearch:
         self.loop: SlotLoop | None = None
 
     def _job(self, i: int, eps: float, seeds, phase: str, rnd: int = 0) -> Job:
-        e = _f32(eps)  # budgets are float32 tensors in BudgetSearch: the same values here
+        e = _f32(eps)  # budgets are float32: the value a per-sample budget tensor holds
         return Job(i, e, float(self.step_size(e)), int(seeds[i]), phase, rnd)
 
     def run(self, x0: torch.Tensor, eps: torch.Tensor, seeds: Sequence[int], out: Outcome,
@@ -294,7 +193,7 @@ def _f32(v: float) -> float:
 
 
 def _mid(lo: float, hi: float) -> float:
-    """(lo + hi) / 2 in float32, as BudgetSearch computes it on its budget tensors."""
+    """(lo + hi) / 2 in float32 (the midpoint of two float32 budgets, rounded to float32)."""
     return float((torch.tensor(lo, dtype=torch.float32) + torch.tensor(hi, dtype=torch.float32)) / 2)
 
 

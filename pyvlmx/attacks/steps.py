@@ -8,12 +8,11 @@ direction the budget's projected step descends along:
     gd     g as is, moved by step_size * g (plain gradient descent, the paper)
     adam   m_hat / (sqrt(v_hat) + 1e-12) with Adam's moments (Kingma, Ba 2015)
 
-State lives per sample (Adam's moments and its step count). In a shrinking
-batch it follows a sample when others leave (:meth:`StepRule.keep`) and a
-sample that enters starts from zero state (:meth:`StepRule.add`); in the
-fixed slots of continuous batching a slot's state is zeroed when a new
-sample takes it (:meth:`StepRule.reset`) and a step reads and writes the
-state of the slots it moves (``direction(g, rows)``).
+State lives per slot of the loop (Adam's moments and its step count): a
+slot's state is zeroed when a new sample takes it (:meth:`StepRule.reset`)
+and a step reads and writes the state of the slots it moves
+(``direction(g, rows)``), so a sample's state is its own whoever shares
+the batch.
 """
 
 from __future__ import annotations
@@ -32,12 +31,6 @@ class StepRule:
 
     def init(self, z: torch.Tensor) -> None:
         """Start state for the batch ``z`` (B, ...)."""
-
-    def add(self, z: torch.Tensor) -> None:
-        """Append zero state for new rows ``z``."""
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep the state of batch rows ``rows`` only (others left)."""
 
     def reset(self, rows: list[int]) -> None:
         """Zero the state of rows ``rows`` (a new sample takes those slots)."""
@@ -77,16 +70,6 @@ class AdamStep(StepRule):
         self.m = torch.zeros_like(z)
         self.v = torch.zeros_like(z)
         self.count = [0] * z.shape[0]
-
-    def add(self, z: torch.Tensor) -> None:
-        self.m = torch.cat([self.m, torch.zeros_like(z)])
-        self.v = torch.cat([self.v, torch.zeros_like(z)])
-        self.count += [0] * z.shape[0]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        self.m, self.v = self.m[rows], self.v[rows]
-        rl = rows.tolist()
-        self.count = [self.count[r] for r in rl]
 
     def reset(self, rows: list[int]) -> None:
         if rows:
