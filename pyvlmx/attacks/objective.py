@@ -28,6 +28,11 @@ import torch.nn.functional as F
 from pyvlmx.attacks.stop import class_gap
 
 
+def _mix(seed: int, step: int) -> int:
+    """A 63-bit seed for (sample seed, step): distinct streams for every pair."""
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + 0x9E3779B9) % (2 ** 63)
+
+
 class Objective:
     """Per-sample loss rows, and the (EOT) objective whose gradient the attack follows.
 
@@ -79,26 +84,45 @@ class Objective:
         the host, when the caller has them (else read from ``idx``).
         """
         gidx = idx[rows]
-        clean = self.rows(emb[rows], gidx).sum()
+        zr, er = z[rows], emb[rows]
+        clean = self.rows(er, gidx).sum()
         if self.eot_samples == 0:
-            return clean
+            return _plus(clean, self.extra(zr, er, None, gidx))
+        K = self.eot_samples
+        steps = [int(step)] * zr.shape[0] if isinstance(step, int) else [int(s) for s in step]
+        xn = self.noisy_copies(zr, gidx.tolist() if keys is None else list(keys), steps)
+        en, feats = self.copy_embeddings(encode, xn)
+        noisy = self.rows(en, gidx.repeat_interleave(K)).sum() / K
+        return _plus(self.eot_clean * clean + self.eot_weight * noisy,
+                     self.extra(zr, er, None if feats is None else feats.view(zr.shape[0], K, -1), gidx))
+
+    # ----------------------------------------------------------- hooks
+    noise_seed = staticmethod(_mix)  # (sample seed, step) -> the seed of its noise generator
+
+    def noisy_copies(self, zr: torch.Tensor, keys: Sequence[int], steps: Sequence[int]) -> torch.Tensor:
+        """(R*K, 3, H, W): K noisy copies of each row of ``zr`` (samples ``keys`` at ``steps``), clipped
+        to [0, 1]; row i's noise comes from a generator seeded by ``noise_seed(seed_i, step_i)``."""
         from pyvlmx.noise.copies import draw_noise
 
         K = self.eot_samples
-        zr = z[rows]
-        steps = [int(step)] * zr.shape[0] if isinstance(step, int) else [int(s) for s in step]
-        keys = gidx.tolist() if keys is None else keys
         noise = torch.stack([
-            draw_noise((K, *zr.shape[1:]), self.eot_sigma, kind=self.eot_noise,
-                       generator=torch.Generator().manual_seed(_mix(self.seeds[int(i)], k)),
-                       dtype=zr.dtype)
+            draw_noise((K, *zr.shape[1:]), self.eot_sigma, kind=self.eot_noise, dtype=zr.dtype,
+                       generator=torch.Generator().manual_seed(self.noise_seed(self.seeds[int(i)], k)))
             for i, k in zip(keys, steps)]).to(zr.device, non_blocking=True)   # (R, K, 3, H, W)
-        xn = (zr[:, None] + noise).clamp(0, 1).flatten(0, 1)
-        en = encode(xn)
-        noisy = self.rows(en, gidx.repeat_interleave(K)).sum() / K
-        return self.eot_clean * clean + self.eot_weight * noisy
+        return (zr[:, None] + noise).clamp(0, 1).flatten(0, 1)
+
+    def copy_embeddings(self, encode: Callable[[torch.Tensor], torch.Tensor],
+                        xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The copies' embeddings for the EOT term, and the features :meth:`extra` gets (None here)."""
+        return encode(xn), None
+
+    def extra(self, zr: torch.Tensor, er: torch.Tensor, feats: torch.Tensor | None,
+              gidx: torch.Tensor) -> torch.Tensor | None:
+        """A scalar term added to the objective (none here; a detector penalty in
+        :class:`~pyvlmx.detect.adaptive.PenalisedObjective`): the rows' images, embeddings, their
+        copies' features (R, K, D) from :meth:`copy_embeddings` (or None) and sample indices."""
+        return None
 
 
-def _mix(seed: int, step: int) -> int:
-    """A 63-bit seed for (sample seed, step): distinct streams for every pair."""
-    return (int(seed) * 1_000_003 + int(step) * 7_919 + 0x9E3779B9) % (2 ** 63)
+def _plus(objective: torch.Tensor, term: torch.Tensor | None) -> torch.Tensor:
+    return objective if term is None else objective + term

@@ -153,26 +153,17 @@ class PenalisedObjective(Objective):
             return torch.ones(emb.shape[0], device=emb.device)
         return ((emb.detach() @ self.W.t()).argmax(-1) == self.tc[gidx]).float()
 
-    def total(self, encode, z, emb, idx, rows, step, keys=None):
-        """As :meth:`Objective.total` (``step``: one, or one per row; ``keys``: the rows' sample indices)."""
-        from pyvlmx.noise.copies import draw_noise
+    # the copies' noise: streams distinct from the plain attack's EOT streams
+    noise_seed = staticmethod(_noise_seed)
 
-        gidx = idx[rows]
-        zr, er = z[rows], emb[rows]
-        clean = self.rows(er, gidx).sum()
-        K = self.eot_samples
-        if K == 0:
-            return clean + self.weight * (self._gate(er, gidx) * self.penalty(zr, er, None, gidx)).sum()
-        keys = gidx.tolist() if keys is None else list(keys)
-        steps = [int(step)] * len(keys) if isinstance(step, int) else [int(s) for s in step]
-        noise = torch.stack([
-            draw_noise((K, *zr.shape[1:]), self.eot_sigma, kind=self.eot_noise, dtype=zr.dtype,
-                       generator=torch.Generator().manual_seed(_noise_seed(self.seeds[int(i)], k)))
-            for i, k in zip(keys, steps)]).to(zr.device)                            # (R, K, 3, H, W)
-        feats = self.model.encode_image((zr[:, None] + noise).clamp(0, 1).flatten(0, 1), normalize=False)
-        noisy = self.rows(F.normalize(feats, dim=-1), gidx.repeat_interleave(K)).sum() / K
-        pen = (self._gate(er, gidx) * self.penalty(zr, er, feats.view(zr.shape[0], K, -1), gidx)).sum()
-        return self.eot_clean * clean + self.eot_weight * noisy + self.weight * pen
+    def copy_embeddings(self, encode, xn):
+        """The copies' unnormalised features (what the detector sees); the EOT term uses them normalised."""
+        feats = self.model.encode_image(xn, normalize=False)
+        return F.normalize(feats, dim=-1), feats
+
+    def extra(self, zr, er, feats, gidx):
+        """``weight * penalty`` of the rows (gated to rows in their target class when ``gated``)."""
+        return self.weight * (self._gate(er, gidx) * self.penalty(zr, er, feats, gidx)).sum()
 
 
 class DetectorAwareAlignment(EmbeddingAlignment):
