@@ -5,24 +5,30 @@
 Every row runs the same pairs (the sample photos, K target classes each, text
 targets, L-inf 4/255, sign steps) in this one process:
 
-a. ``fixed-fp32``: the path before continuous batching: fixed chunks of
-   ``batch`` pairs, fp32, the model as loaded before its fast path
-   (``load_model(..., fast=False)``: no BatchNorm folding, no channels-last).
-   Run first and again last (``a-again``): the two bound how much the
-   machine's load moved during the run.
+a. ``fixed-fp32``: the path before continuous batching (``--schedule fixed
+   --precision fp32``): fixed chunks of ``batch`` pairs, each running its
+   rounds together and shrinking as its pairs finish, fp32, the model as
+   loaded before its fast path (``load_model(..., fast=False)``: no
+   BatchNorm folding, no channels-last).
 b. ``continuous-fp32``: continuous batching (fixed shapes), fp32, the model's
    default (fast) load.
 c. ``continuous-<best>``: continuous, the best precision the device runs
    (``--precision auto``: bf16 on CUDA, fp32 on the CPU); on the CPU a
-   ``step-bf16`` row times one bf16 step against fp32 to show why.
+   ``step-bf16`` row times one bf16 step against fp32, at the 4-row block
+   the CPU search runs, to show why.
 d. ``plain-pgd``: a batched PyTorch PGD loop as researchers write it (fixed
    step count, no per-sample stopping, as in AttackVLM's MF-ii), on the
    same pairs, batch and model as (c); the step count is raised (8, 16, 32,
    ...; at most twice the attack's step cap) until its success reaches (a)'s, and that count's
-   time is reported.
+   time is reported (one run serves every count: see :func:`plain_pgd`).
+
+The sweep rows run ``repeats`` times, interleaved (a, b, c, a, b, c, ...;
+3 on the CPU, ``PYVLMX_BENCH_REPEATS``): each row gives its median wall
+time and range, and the median and range of the ratios of its runs to the
+run of (a) beside them, so a drift of the machine's load moves both.
 
 Columns: pairs/s, success, median PSNR (of the saved 8-bit images), the
-ratio to (a) (mean of its two runs) and, for the step, achieved TFLOP/s
+ratio to (a) and, for the step, achieved TFLOP/s
 counted by ``torch.utils.flop_counter`` on one forward+backward of the
 encoder at the batch size, with the fraction of the device's peak (which
 peak is named in the row).
@@ -42,6 +48,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -49,7 +56,7 @@ from benchmarks._common import main as bench_main
 from benchmarks._common import sync
 
 COLUMNS = ["bench", "device", "model", "schedule", "precision", "fast_model", "batch", "pairs", "steps_cap",
-           "wall_s", "pairs_per_s", "ratio_to_a", "success", "median_psnr", "pgd_steps", "step_ms",
+           "runs", "wall_s", "wall_range", "pairs_per_s", "ratio_to_a", "ratio_range", "success", "median_psnr", "pgd_steps", "step_ms",
            "step_tflops", "peak_tflops", "peak", "frac_of_peak", "note"]
 
 # dense peaks of the GPU the project is lent (NVIDIA H200 SXM datasheet), TFLOP/s
@@ -78,13 +85,15 @@ def _settings(quick: bool, device: str) -> dict:
     cuda = torch.device(device).type == "cuda"
     if quick:
         base = {"model": "open_clip:pyvlmx-tiny-vit", "targets": 2, "batch": 4, "steps": 40, "eps": 32 / 255,
-                "max_images": 6}
+                "max_images": 6, "repeats": 1}
     elif cuda:
         base = {"model": os.environ.get("PYVLMX_BENCH_MODEL", "open_clip:ViT-B-16"), "targets": "all",
-                "batch": 256, "steps": 50, "eps": 4 / 255, "max_images": None}
+                "batch": 256, "steps": 50, "eps": 4 / 255, "max_images": None, "repeats": 1}
     else:
-        base = {"model": "default", "targets": 3, "batch": 32, "steps": 100, "eps": 4 / 255, "max_images": None}
-    env = {"targets": "PYVLMX_BENCH_TARGETS", "batch": "PYVLMX_BENCH_BATCH", "steps": "PYVLMX_BENCH_STEPS"}
+        base = {"model": "default", "targets": 3, "batch": 32, "steps": 100, "eps": 4 / 255, "max_images": None,
+                "repeats": 3}
+    env = {"targets": "PYVLMX_BENCH_TARGETS", "batch": "PYVLMX_BENCH_BATCH", "steps": "PYVLMX_BENCH_STEPS",
+           "repeats": "PYVLMX_BENCH_REPEATS"}
     for key, var in env.items():
         if os.environ.get(var):
             v = os.environ[var]
@@ -121,6 +130,22 @@ def _sweep_row(name, model, data, st, device, *, schedule, precision, fast) -> d
             "median_psnr": statistics.median(psnr) if psnr else None}
 
 
+def _summary(rs: list[dict], a_runs: list[dict]) -> dict:
+    """One row of repeated sweep runs: the median wall time, its range, and the median (range) of the
+    ratios of each run's pairs/s to the (a) run beside it.  Success and PSNR must not vary."""
+    first = rs[0]
+    for r in rs[1:]:
+        if (r["success"], r["median_psnr"], r["pairs"]) != (first["success"], first["median_psnr"], first["pairs"]):
+            raise RuntimeError(f"{first['bench']}: repeated runs differ in success or PSNR: "
+                               f"{[(x['success'], x['median_psnr']) for x in rs]}")
+    walls = [r["wall_s"] for r in rs]
+    ratios = [r["pairs_per_s"] / a["pairs_per_s"] for r, a in zip(rs, a_runs)]
+    wall = statistics.median(walls)
+    return dict(first, runs=len(rs), wall_s=wall, wall_range=f"{min(walls):.1f}-{max(walls):.1f}",
+                pairs_per_s=first["pairs"] / wall, ratio_to_a=statistics.median(ratios),
+                ratio_range=f"{min(ratios):.2f}-{max(ratios):.2f}")
+
+
 def _pairs_tensors(model, data, st, device):
     """The sweep's pairs as tensors: originals (8-bit), target classes, zero-shot weights."""
     from pyvlmx.attacks import quantize_to_budget
@@ -137,41 +162,55 @@ def _pairs_tensors(model, data, st, device):
     return x, tc, W
 
 
-def plain_pgd(model, x, tc, W, *, eps: float, steps: int, batch: int, precision: str) -> tuple[float, float, float]:
-    """A PGD loop as researchers write it: fixed ``steps`` sign steps of eps/8 on 1/2 ||f(x) - t||^2, no
-    per-sample stopping; success of the 8-bit rounded result. Returns (wall s, success rate, median PSNR)."""
+def plain_pgd(model, x, tc, W, *, eps: float, checkpoints: Sequence[int], batch: int, precision: str):
+    """A PGD loop as researchers write it: fixed sign steps of eps/8 on 1/2 ||f(x) - t||^2, no
+    per-sample stopping, success judged once on the 8-bit rounded result.
+
+    One run serves every step count of ``checkpoints`` (increasing): the loop has no random start,
+    so its first n steps are exactly the n-step loop.  At each checkpoint n it yields
+    ``(n, wall_s, success, median_psnr)``, where ``wall_s`` is the time of n steps of every batch
+    plus that checkpoint's one final evaluation (what the n-step loop costs); the other
+    checkpoints' evaluations are not counted."""
     from pyvlmx.attacks import quantize_to_budget, targeted_success
     from pyvlmx.ops import psnr
 
     device = x.device
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
-    ok, ps = [], []
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(0, x.shape[0], batch):
-        x0, c = x[i:i + batch], tc[i:i + batch]
-        t = W[c]
-        z = x0.clone()
-        for _ in range(steps):
-            z.requires_grad_(True)
-            if ctx is None:
-                e = model.encode_image(z)
-            else:
-                with ctx():
-                    e = model.encode_image(z).float()
-            loss = 0.5 * (e - t).pow(2).sum()
-            (g,) = torch.autograd.grad(loss, z)
-            with torch.no_grad():
-                z = (x0 + (z - eps / 8 * g.sign() - x0).clamp(-eps, eps)).clamp(0, 1)
+    chunks = [(x[i:i + batch], tc[i:i + batch]) for i in range(0, x.shape[0], batch)]
+    zs = [x0.clone() for x0, _ in chunks]
+    step_wall, done = 0.0, 0
+    for n in checkpoints:
+        sync(device)
+        t0 = time.perf_counter()
+        for b, (x0, c) in enumerate(chunks):
+            t = W[c]
+            z = zs[b]
+            for _ in range(n - done):
+                z.requires_grad_(True)
+                if ctx is None:
+                    e = model.encode_image(z)
+                else:
+                    with ctx():
+                        e = model.encode_image(z).float()
+                loss = 0.5 * (e - t).pow(2).sum()
+                (g,) = torch.autograd.grad(loss, z)
+                with torch.no_grad():
+                    z = (x0 + (z - eps / 8 * g.sign() - x0).clamp(-eps, eps)).clamp(0, 1)
+            zs[b] = z.detach()
+        sync(device)
+        step_wall += time.perf_counter() - t0
+        done = n
+        t0 = time.perf_counter()
+        ok, ps = [], []
         with torch.no_grad():
-            q = quantize_to_budget(z, x0, eps)
-            ok.append(targeted_success(model.encode_image(q), W, c))
-            ps.append(psnr(q, x0))
-    sync(device)
-    wall = time.perf_counter() - t0
-    ok_all = torch.cat(ok).float()
-    p = torch.cat(ps)
-    return wall, float(ok_all.mean()), float(p[torch.isfinite(p)].median())
+            for (x0, c), z in zip(chunks, zs):
+                q = quantize_to_budget(z, x0, eps)
+                ok.append(targeted_success(model.encode_image(q), W, c))
+                ps.append(psnr(q, x0))
+        sync(device)
+        evaluate = time.perf_counter() - t0
+        p = torch.cat(ps)
+        yield n, step_wall + evaluate, float(torch.cat(ok).float().mean()), float(p[torch.isfinite(p)].median())
 
 
 def _step_row(model, x, batch, device, precision) -> dict:
@@ -231,47 +270,52 @@ def run(quick: bool, device: str):
     data = load_dataset("samples", fast.image_size)
     _warm_up((slow, fast), data, st, device)
 
-    a1 = dict(common, **_sweep_row("a fixed-fp32", slow, data, st, device, schedule="fixed", precision="fp32",
-                                   fast=False))
-    yield a1
-    b = dict(common, **_sweep_row("b continuous-fp32", fast, data, st, device, schedule="continuous",
-                                  precision="fp32", fast=True))
-    yield b
-    c = dict(common, **_sweep_row(f"c continuous-{best}", fast, data, st, device, schedule="continuous",
-                                  precision=best, fast=True)) if best != "fp32" else dict(b, bench="c continuous-fp32",
-                                                                                         note="auto = fp32 here: (b)")
+    # the sweep rows, interleaved (a, b, c, a, b, c, ...): each row's median over its runs, and the
+    # ratio of each run to the run of (a) beside it, so a drift of the machine's load moves both
+    specs = [("a fixed-fp32", slow, "fixed", "fp32", False),
+             ("b continuous-fp32", fast, "continuous", "fp32", True)]
     if best != "fp32":
-        yield c
-    a2 = dict(common, **_sweep_row("a-again fixed-fp32", slow, data, st, device, schedule="fixed",
-                                   precision="fp32", fast=False))
-    base = (a1["pairs_per_s"] + a2["pairs_per_s"]) / 2
-    a2["ratio_to_a"] = a2["pairs_per_s"] / base
-    a1["ratio_to_a"] = a1["pairs_per_s"] / base
-    yield a2
-    for row in (b, c):
-        row["ratio_to_a"] = row["pairs_per_s"] / base
+        specs.append((f"c continuous-{best}", fast, "continuous", best, True))
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in specs}
+    for _ in range(st["repeats"]):
+        for name, model, schedule, precision, is_fast in specs:
+            runs[name].append(_sweep_row(name, model, data, st, device, schedule=schedule, precision=precision,
+                                         fast=is_fast))
+    a_runs = runs["a fixed-fp32"]
+    rows = {name: dict(common, **_summary(rs, a_runs)) for name, rs in runs.items()}
     if best == "fp32":
-        yield c
+        rows["c continuous-fp32"] = dict(rows["b continuous-fp32"], bench="c continuous-fp32",
+                                         note="auto = fp32 here: (b)")
+    yield from rows.values()
+    a1 = rows["a fixed-fp32"]
+    c = rows[f"c continuous-{best}"]
+    base = a1["pairs_per_s"]
 
     # (d) the plain loop on (c)'s model, precision and batch, its step count raised to (a)'s success
     x, tc, W = _pairs_tensors(fast, data, st, device)
-    want = min(a1["success"], a2["success"])
-    n = 8
-    while True:
-        wall, succ, med = plain_pgd(fast, x, tc, W, eps=st["eps"], steps=n, batch=st["batch"], precision=best)
+    want = a1["success"]
+    counts = [8]
+    while counts[-1] < 2 * st["steps"]:
+        counts.append(min(2 * counts[-1], 2 * st["steps"]))
+    for n, wall, succ, med in plain_pgd(fast, x, tc, W, eps=st["eps"], checkpoints=counts, batch=st["batch"],
+                                        precision=best):
         reached = succ >= want - 1e-9
-        if reached or n >= 2 * st["steps"]:
+        if reached:
             break
-        n *= 2
     yield dict(common, bench="d plain-pgd", schedule="none", precision=best, fast_model=True, pairs=x.shape[0],
                pgd_steps=n, wall_s=wall, pairs_per_s=x.shape[0] / wall, ratio_to_a=x.shape[0] / wall / base,
                success=succ, median_psnr=med,
                note=("reached (a)'s success" if reached else f"did not reach (a)'s {want:.3f} by {n} steps")
+               + f" (tried {', '.join(map(str, counts[:counts.index(n) + 1]))} steps)"
                + f"; (c)/(d) = {c['pairs_per_s'] / (x.shape[0] / wall):.2f}x")
 
-    for prec in ([best] + (["bf16"] if best == "fp32" else [])):
-        yield dict(common, **_step_row(fast, x, st["batch"], device, prec))
+    yield dict(common, **_step_row(fast, x, st["batch"], device, best), fast_model=True)
     yield dict(common, **_step_row(slow, x, st["batch"], device, "fp32"), fast_model=False)
+    if best == "fp32":  # why auto is fp32 here: bf16 against fp32 at the CPU's block of rows (a bf16 step is slow)
+        from pyvlmx.attacks.precision import CPU_BLOCK
+
+        for prec in ("fp32", "bf16"):
+            yield dict(common, **_step_row(fast, x, CPU_BLOCK, device, prec), fast_model=True)
 
 
 if __name__ == "__main__":
