@@ -178,7 +178,7 @@ def _run(args) -> int:
         eot = evaluate_detector(model, clean, adv, class_weights=W, sigma=sigma, k=cfg.k, seed=cfg.seed + 7)
         eot["attack_success_rate"] = sum(int(p == t) for p, t in zip(pred, targets)) / len(targets)
         eot["attack"] = {k: v for k, v in info.items() if k not in ("cosine", "linf")}
-        res["adaptive_eot"] = {k: v for k, v in eot.items() if k != "raw_scores"}
+        res["adaptive_eot"] = {k: v for k, v in eot.items() if k not in ("raw_scores", "statistic")}
         extra["adaptive EOT"] = eot
     write_json(out / "detect.json", res)
     write_json(out / "roc.json", {n: e["roc"] for n, e in res["scores"].items()})

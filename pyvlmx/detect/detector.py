@@ -235,7 +235,9 @@ def evaluate_detector(model, clean_images: torch.Tensor, aligned_images: torch.T
     Returns:
         JSON-serialisable dict: per score ``auc`` (two-tailed statistic),
         ``auc_raw`` (aligned > clean on the raw score) and ``direction``,
-        ``tpr_at_fpr``, ``roc``, means; ``best`` score; ``raw_scores``.
+        ``tpr_at_fpr``, ``roc``, means; ``best`` score; ``raw_scores``; and
+        ``statistic``, each image's cross-fitted statistic per score
+        (``combined`` included), which the ROCs are drawn from.
     """
     if class_weights is None and classnames is not None:
         from pyvlmx.zeroshot import ZeroShotClassifier
@@ -277,4 +279,6 @@ def evaluate_detector(model, clean_images: torch.Tensor, aligned_images: torch.T
             "fpr_target": fpr_target, "scores": per_score, "best": best,
             "best_auc": per_score[best]["auc"],
             "raw_scores": {"clean": {n: rc[n].tolist() for n in det.scores},
-                           "aligned": {n: ra[n].tolist() for n in det.scores}}}
+                           "aligned": {n: ra[n].tolist() for n in det.scores}},
+            "statistic": {"clean": {n: v.tolist() for n, v in stat_c.items()},
+                          "aligned": {n: v.tolist() for n, v in stat_a.items()}}}

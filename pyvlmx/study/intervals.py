@@ -105,44 +105,18 @@ def pairs_ci(records: Sequence[dict], metric: str, statistic: str = "median", *,
 def detector_statistics(det: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The cross-fitted per-image statistics behind :func:`~pyvlmx.detect.evaluate_detector`'s AUCs.
 
-    ``evaluate_detector`` stores each image's raw scores, not the statistic
-    its ROC is drawn from, so it is rebuilt here the same way: image i (clean
-    or attacked) lies in fold ``i % folds`` and is scored, as a robust
-    ``|z|``, against the clean images of the other folds; ``combined`` is the
-    maximum over scores.
-
     Args:
-        det: an ``evaluate_detector`` result (with ``raw_scores``, ``folds``, ``scores``).
+        det: an ``evaluate_detector`` result (its ``statistic``: image i, clean
+            or attacked, in fold ``i % folds``, scored as a robust ``|z|``
+            against the clean images of the other folds; ``combined`` the
+            maximum over scores).
 
     Returns:
         ``(clean, attacked)``: score name -> (n,) statistic, ``combined`` included.
-
-    Raises:
-        RuntimeError: the rebuilt statistic does not give the stored AUC of
-            some score (the detector's definition changed).
     """
-    from pyvlmx.detect.detector import Calibration
-
-    rc = {n: np.asarray(v, dtype=np.float64) for n, v in det["raw_scores"]["clean"].items()}
-    ra = {n: np.asarray(v, dtype=np.float64) for n, v in det["raw_scores"]["aligned"].items()}
-    names, folds = list(rc), int(det["folds"])
-    nc, na = len(rc[names[0]]), len(ra[names[0]])
-    fc, fa = np.arange(nc) % folds, np.arange(na) % folds
-    sc = {n: np.zeros(nc) for n in names}
-    sa = {n: np.zeros(na) for n in names}
-    for f in range(folds):
-        for n in names:
-            cal = Calibration.fit(rc[n][fc != f])
-            sc[n][fc == f] = np.abs(cal.z(rc[n][fc == f]))
-            sa[n][fa == f] = np.abs(cal.z(ra[n][fa == f]))
-    sc["combined"] = np.max(np.stack([sc[n] for n in names]), axis=0)
-    sa["combined"] = np.max(np.stack([sa[n] for n in names]), axis=0)
-    for n, entry in det["scores"].items():
-        got = auc(sc[n], sa[n])
-        if abs(got - entry["auc"]) > 1e-9:
-            raise RuntimeError(f"detector_statistics: the rebuilt {n!r} statistic gives AUC {got:.6f}, the "
-                               f"detector stored {entry['auc']:.6f}; evaluate_detector's statistic changed")
-    return sc, sa
+    stat = det["statistic"]
+    return ({n: np.asarray(v, dtype=np.float64) for n, v in stat["clean"].items()},
+            {n: np.asarray(v, dtype=np.float64) for n, v in stat["aligned"].items()})
 
 
 def detection_auc_ci(neg, pos, neg_images: Sequence[int], pos_images: Sequence[int], *, fpr: float = 0.05,

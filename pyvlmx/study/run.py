@@ -82,7 +82,8 @@ def _stage_configs(cfg: StudyConfig) -> dict[str, dict]:
     return {"zeroshot": base, "systematic": swept,
             "noise": swept | {"noise": dataclasses.asdict(cfg.noise)},
             "spectra": swept | {"spectra": dataclasses.asdict(cfg.spectra)},
-            "detect": swept | {"detect": dataclasses.asdict(cfg.detect)},
+            # format 2: detect.json carries each image's cross-fitted statistic (an older one is recomputed)
+            "detect": swept | {"detect": dataclasses.asdict(cfg.detect), "format": 2},
             # the matrix attacks the clean images itself: it needs no sweep
             "detect_matrix": base | {"matrix": dataclasses.asdict(cfg.stage_matrix())}}
 
