@@ -247,10 +247,15 @@ class ConSEModel(VisionLanguageModel):
         self.register_buffer("class_text", self.class_embeddings(IMAGENET_CLASSNAMES, self.class_prompts).clone())
 
     def _tower(self, normalized: torch.Tensor) -> torch.Tensor:
-        # not inside a functorch transform (vmap has no channels-last clone); the weights stay channels-last
-        if self.channels_last and normalized.dim() == 4 and torch._C._functorch.maybe_get_level(normalized) == -1:
-            normalized = normalized.contiguous(memory_format=torch.channels_last)
-        return self.classifier(normalized)
+        if not self.channels_last or normalized.dim() != 4:
+            return self.classifier(normalized)
+        if torch._C._functorch.maybe_get_level(normalized) == -1:
+            return self.classifier(normalized.contiguous(memory_format=torch.channels_last))
+        # inside a functorch transform (vmap has no channels-last clone): the input stays as it is, the
+        # channels-last weights make the features channels-last, and they are made contiguous before the
+        # global pool, which under vmap would otherwise fall back to a per-sample loop (as_strided_)
+        features = self.classifier.forward_features(normalized)
+        return self.classifier.forward_head(features.contiguous())
 
     def imagenet_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """The classifier's own 1000-way ImageNet logits for pixels in [0, 1]: (B, 1000)."""
