@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+from conftest import needs_cuda
 from pyvlmx.attacks import EmbeddingAlignment
 from pyvlmx.attacks.engine import Job, JobQueue, SlotLoop
 from pyvlmx.attacks.precision import encode_blocks
@@ -19,7 +20,6 @@ from pyvlmx.attacks.precision import Precision, resolve_precision
 
 EPS = 32 / 255
 TINY = {"eps": EPS, "rel_step": 1 / 16, "max_steps": 40, "errors": "record"}
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module", autouse=True)
