@@ -82,6 +82,32 @@ def test_slots_are_reused_and_never_exceed_the_batch(tiny_clip, setup):
     assert len(res.records) == 10
 
 
+def test_the_fixed_schedule_refills_only_a_drained_batch(tiny_clip, setup, monkeypatch):
+    """The fixed schedule is the same loop refilled only when every slot is free: each round of a
+    minimal-budget search enters an empty batch, where continuous batching refills a busy one."""
+    x, W, tc = setup
+    fills = []
+    orig = SlotLoop._fill
+
+    def fill(self):
+        busy = self.busy
+        orig(self)
+        if self.entered:
+            fills.append((self.refill, busy, self.entered))
+
+    monkeypatch.setattr(SlotLoop, "_fill", fill)
+    atk = EmbeddingAlignment(tiny_clip, **dict(TINY, minimal="escalate", eps_schedule=(1 / 255, 4 / 255, 32 / 255)))
+    fixed = atk.run(x, target_classes=tc, class_weights=W)
+    drained = [f for f in fills if f[0] == "drain"]
+    assert len(drained) >= 2 and all(busy == 0 for _, busy, _ in drained)
+    assert drained[0][2] == 10  # the first round: the whole batch
+    assert sum(n for *_, n in drained) == sum(r["rounds"] for r in fixed.records)
+    fills.clear()
+    cont = atk.run(x, target_classes=tc, class_weights=W, schedule="continuous", batch_size=3)
+    assert any(busy > 0 for _, busy, _ in fills)
+    assert [r["rounds"] for r in cont.records] == [r["rounds"] for r in fixed.records]
+
+
 def test_encode_blocks_is_the_same_whatever_the_other_rows(tiny_clip, setup):
     x, _, _ = setup
     with torch.no_grad():

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from pyvlmx.attacks.base import Attack, register_attack
-from pyvlmx.attacks.budget import Budget, quantize_8bit, quantize_to_budget
+from pyvlmx.attacks.budget import quantize_8bit, quantize_to_budget
 from pyvlmx.attacks.config import (DEFAULT_GD_STEP, DEFAULT_REL_STEP, ERRORS, GRADIENTS, LOSSES,  # noqa: F401
                                    MINIMAL, NORMS, OPTIMIZERS, STOPS, AlignmentConfig)
 from pyvlmx.attacks.engine import Parts

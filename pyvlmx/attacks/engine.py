@@ -35,7 +35,6 @@ from pyvlmx.attacks.budget import Budget
 from pyvlmx.attacks.gradient import GradientSource
 from pyvlmx.attacks.objective import Objective
 from pyvlmx.attacks.precision import Precision
-from pyvlmx.attacks.precision import encode_blocks  # noqa: F401  (re-exported: the loop's fixed shapes)
 from pyvlmx.attacks.steps import StepRule
 from pyvlmx.attacks.stop import StopRule
 
@@ -187,16 +186,16 @@ class SlotLoop:
         random_start: start uniformly in each job's ball.
         on_leave: called with each :class:`Leaving` group (``index`` on the
             host) and its jobs.
-
-    The loop steps the occupied slots only; fixed shapes are the encoder's
-    business (:class:`~pyvlmx.attacks.precision.Precision` with a ``block``:
-    every forward in blocks of one shape, padded), which keeps a sample's
-    numbers independent of how many companions it has.
         refill: "eager" fills a free slot at the next step; "half" waits
             until half the slots are free (for the fixed-Jacobian gradient,
             whose VJP closure is rebuilt when slots change); "drain" waits
             until every slot is free (the fixed schedule: the jobs run in
             batches of B that shrink as their samples leave).
+
+    The loop steps the occupied slots only; fixed shapes are the encoder's
+    business (:class:`~pyvlmx.attacks.precision.Precision` with a ``block``:
+    every forward in blocks of one shape, padded), which keeps a sample's
+    numbers independent of how many companions it has.
     """
 
     def __init__(self, parts: Parts, x0: torch.Tensor, queue: JobQueue, batch_size: int, norm: str,
