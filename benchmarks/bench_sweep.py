@@ -34,11 +34,11 @@ encoder at the batch size, with the fraction of the device's peak (which
 peak is named in the row).
 
 Sizes: CPU: the offline default model, 3 targets per photo (the study's 69
-pairs), batch 32, at most 100 steps (the study's attack).  CUDA: the model of
-``PYVLMX_BENCH_MODEL`` (default ``open_clip:ViT-B-16``, random weights),
-every other class per photo (483 pairs), batch 256, at most 50 steps.
-``PYVLMX_BENCH_TARGETS``, ``PYVLMX_BENCH_BATCH``, ``PYVLMX_BENCH_STEPS``
-override them.  ``--quick``: the tiny ViT on a few pairs (a smoke run).
+pairs), batch 32, at most 100 steps (the study's attack).  CUDA:
+``open_clip:ViT-B-16`` with random weights, every other class per photo (483
+pairs), batch 256, at most 50 steps.  ``PYVLMX_BENCH_MODEL``,
+``PYVLMX_BENCH_TARGETS``, ``PYVLMX_BENCH_BATCH``, ``PYVLMX_BENCH_STEPS`` and
+``PYVLMX_BENCH_REPEATS`` override them.  ``--quick``: the tiny ViT on a few pairs (a smoke run).
 """
 
 from __future__ import annotations
@@ -87,11 +87,13 @@ def _settings(quick: bool, device: str) -> dict:
         base = {"model": "open_clip:pyvlmx-tiny-vit", "targets": 2, "batch": 4, "steps": 40, "eps": 32 / 255,
                 "max_images": 6, "repeats": 1}
     elif cuda:
-        base = {"model": os.environ.get("PYVLMX_BENCH_MODEL", "open_clip:ViT-B-16"), "targets": "all",
+        base = {"model": "open_clip:ViT-B-16", "targets": "all",
                 "batch": 256, "steps": 50, "eps": 4 / 255, "max_images": None, "repeats": 1}
     else:
         base = {"model": "default", "targets": 3, "batch": 32, "steps": 100, "eps": 4 / 255, "max_images": None,
                 "repeats": 3}
+    if os.environ.get("PYVLMX_BENCH_MODEL") and not quick:
+        base["model"] = os.environ["PYVLMX_BENCH_MODEL"]
     env = {"targets": "PYVLMX_BENCH_TARGETS", "batch": "PYVLMX_BENCH_BATCH", "steps": "PYVLMX_BENCH_STEPS",
            "repeats": "PYVLMX_BENCH_REPEATS"}
     for key, var in env.items():
