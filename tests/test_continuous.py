@@ -17,6 +17,7 @@ from pyvlmx.attacks import EmbeddingAlignment
 from pyvlmx.attacks.engine import Job, JobQueue, SlotLoop
 from pyvlmx.attacks.precision import encode_blocks
 from pyvlmx.attacks.precision import Precision, resolve_precision
+from pyvlmx.models import VisionLanguageModel
 
 EPS = 32 / 255
 TINY = {"eps": EPS, "rel_step": 1 / 16, "max_steps": 40, "errors": "record"}
@@ -215,14 +216,86 @@ def test_a_step_does_not_synchronise_with_the_host():
     stop = StopRule("cosine", t, None, None, 0.0, 1.0)  # never met: nobody leaves
     parts = atk.parts(Objective("l2", t, seeds=list(range(6))), stop)
     model.check_inputs = False
-    loop = SlotLoop(parts, x, JobQueue([Job(i, EPS, EPS / 16, i) for i in range(6)]), 4, "linf", "sign", False,
-                    lambda ev, jobs: None)
-    for _ in range(3):  # slots filled, warm-up done
-        assert loop.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        assert loop.step()  # no slot changes at this step
-        assert loop.entered == 0
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    for k in (1, 4):  # a read every step (its one copy into pinned memory), or every 4th
+        loop = SlotLoop(parts, x, JobQueue([Job(i, EPS, EPS / 16, i) for i in range(6)]), 4, "linf", "sign",
+                        False, lambda ev, jobs: None, read_every=k)
+        for _ in range(4):  # slots filled, warm-up done, the window read
+            assert loop.step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(k):  # no slot changes in these steps
+                assert loop.step()
+                assert loop.entered == 0
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+class _NaNPastModel(VisionLanguageModel):
+    """A linear embedding that turns NaN once the first pixel passes 0.8 (where the search may take it)."""
+
+    def __init__(self):
+        super().__init__(image_size=16, embed_dim=4, logit_scale=10.0, mean=(0.5,) * 3, std=(0.5,) * 3)
+        self.proj = torch.nn.Linear(3 * 256, 4)
+
+    def _encode_image(self, n):
+        e = self.proj(n.flatten(1))
+        return torch.where((n[:, :1, 0, 0] > 0.6), torch.full_like(e, float("nan")), e)
+
+    def _encode_text(self, texts):
+        return torch.randn(len(texts), 4)
+
+
+@pytest.mark.parametrize("opts", [{}, {"optimizer": "adam", "random_start": True},
+                                  {"minimal": "bisect", "eps_schedule": (8 / 255, 32 / 255), "bisect_steps": 2},
+                                  {"stop": "steps", "max_steps": 7}, {"quantize": False}])
+def test_records_do_not_depend_on_how_often_the_loop_reads(tiny_clip, setup, opts, monkeypatch):
+    """Between reads the slots step on; a read replays the window, so every sample leaves at the step,
+    with the image, it would have left at when read every step, and fewer reads are made."""
+    from pyvlmx.attacks.engine import _HostRead
+
+    x, W, tc = setup
+    reads = []
+    orig = _HostRead.__call__
+    monkeypatch.setattr(_HostRead, "__call__", lambda self, t: reads.append(1) or orig(self, t))
+    kw = dict(target_classes=tc, class_weights=W, schedule="continuous", batch_size=3)
+    base = EmbeddingAlignment(tiny_clip, **dict(TINY, **opts)).run(x, **kw)
+    counts = {1: len(reads)}
+    for k in (3, 8):
+        reads.clear()
+        res = EmbeddingAlignment(tiny_clip, **dict(TINY, read_every=k, **opts)).run(x, **kw)
+        counts[k] = len(reads)
+        assert _strip(res.records) == _strip(base.records)
+        assert torch.equal(res.images, base.images)
+    assert counts[8] < counts[3] < counts[1], counts
+
+
+def test_a_read_window_keeps_non_finite_steps_where_they_happened():
+    torch.manual_seed(0)
+    model = _NaNPastModel().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(12, 3, 16, 16, generator=g) * 255).round() / 255
+    x[:, 0, 0, 0] = torch.linspace(0.70, 0.85, 12)  # some start past 0.8, some cross it on the way
+    t = torch.nn.functional.normalize(torch.randn(12, 4, generator=g), dim=1)
+    kw = dict(eps=32 / 255, rel_step=1 / 16, max_steps=12, cos_threshold=0.999, errors="record")
+    runs = {k: EmbeddingAlignment(model, read_every=k, **kw).run(x, t, schedule="continuous", batch_size=5)
+            for k in (1, 4)}
+    # NaN losses and cosines: compared as JSON text (NaN != NaN)
+    assert json.dumps(_strip(runs[1].records)) == json.dumps(_strip(runs[4].records))
+    reasons = [r["reason"] for r in runs[1].records]
+    assert "non-finite embedding at step 0" in reasons
+    assert any(r.startswith("non-finite embedding at step") and not r.endswith(" 0") for r in reasons), reasons
+    assert "step limit" in reasons
+    # errors="raise": the same first failure, named at the step it happened
+    messages = []
+    for k in (1, 4):
+        with pytest.raises(RuntimeError, match=r"non-finite embedding \(NaN/Inf\) from the model at step [1-9]") \
+                as err:
+            EmbeddingAlignment(model, read_every=k, **dict(kw, errors="raise")).run(x, t, schedule="continuous",
+                                                                                    batch_size=5)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    with pytest.raises(ValueError, match="read_every must be an integer >= 1, got 0"):
+        EmbeddingAlignment(model, read_every=0)

@@ -280,7 +280,7 @@ class EmbeddingAlignment(Attack):
             search = BudgetSearch(
                 parts, cfg.default_step, norm=cfg.norm, step_kind=make_step_rule(cfg.optimizer).step_kind(cfg.norm),
                 minimal=cfg.minimal, eps_schedule=cfg.eps_schedule, bisect_steps=cfg.bisect_steps,
-                random_start=cfg.random_start, batch_size=slots, refill=refill)
+                random_start=cfg.random_start, batch_size=slots, refill=refill, read_every=cfg.read_every)
             search.run(x0, eps_t.cpu(), seeds, out, on_final, order=order)
         finally:
             model.check_inputs = checking

@@ -100,6 +100,10 @@ class AlignmentConfig:
         "precision of the search: fp32, tf32 (CUDA), bf16 (CUDA; CPUs with AMX/AVX-512 BF16) or auto (bf16 on "
         "CUDA, fp32 on the CPU); every reported figure comes from an fp32 forward of the saved 8-bit image",
         choices=PRECISIONS))
+    read_every: int = field(default=1, metadata=_help(
+        "steps between the loop's reads of its decisions from the device (one transfer each): between "
+        "reads the slots step on and each step is kept, so a sample leaves where it would if read every "
+        "step (records do not depend on it; a finished sample's slot is refilled at the next read)"))
     errors: str = field(default="raise", metadata=_help(
         "on a non-finite embedding or gradient: raise, or record it as the sample's failure and go on",
         choices=ERRORS))
@@ -126,6 +130,8 @@ class AlignmentConfig:
                              f"use eps > 0 or norm='none'")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ValueError(f"{own}: step_size must be > 0, got {self.step_size!r}")
+        if isinstance(self.read_every, bool) or not isinstance(self.read_every, int) or self.read_every < 1:
+            raise ValueError(f"{own}: read_every must be an integer >= 1, got {self.read_every!r}")
         if not (self.rel_step > 0):
             raise ValueError(f"{own}: rel_step must be > 0, got {self.rel_step!r}")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 0):

@@ -160,6 +160,22 @@ class _HostRead:
 REFILLS = ("eager", "half", "drain")
 
 
+@dataclass
+class _Seen:
+    """One step of the live slots, as kept until the next read: the slots, their samples and steps,
+    their iterates, embeddings and originals, and the step's (3, n) flags (stop rule met, embedding
+    finite, previous gradient non-finite), still on the device."""
+
+    live: list[int]
+    key_host: list[int]
+    keys: torch.Tensor
+    steps: list[int]
+    z: torch.Tensor
+    e: torch.Tensor
+    x: torch.Tensor
+    flags: torch.Tensor
+
+
 class SlotLoop:
     """Continuous batching: ``batch_size`` slots kept busy until the queue is empty.
 
@@ -170,12 +186,17 @@ class SlotLoop:
     rows do not mix.  ``on_leave(group, jobs)`` may push follow-up jobs (the
     next budget of a search) to the queue.
 
-    Each :meth:`step` reads its decisions with one device-to-host transfer
-    (the stop, finite and gradient-finite flags of the live slots), plus one
-    more on the steps where some sample meets its stop rule (the fp32 check
-    of its 8-bit image).  Budgets and step sizes live on the host, so the
-    projected step validates them without reading device memory; index
-    lists go to the device with non-blocking copies.
+    The loop reads its decisions with one device-to-host transfer (the stop,
+    finite and gradient-finite flags of the live slots) every ``read_every``
+    steps, plus one more where some sample meets its stop rule (the fp32
+    check of its 8-bit image).  Between reads every live slot steps on; each
+    step's iterates, embeddings and flags are kept, and a read replays the
+    window step by step, so a sample leaves at the step (with the image) it
+    would have left at when read every step: its record does not depend on
+    ``read_every``.  A read also comes whenever a live slot reaches the step
+    limit.  Budgets and step sizes live on the host, so the projected step
+    validates them without reading device memory; index lists go to the
+    device with non-blocking copies.
 
     Args:
         parts: the attack's parts.
@@ -191,6 +212,8 @@ class SlotLoop:
             whose VJP closure is rebuilt when slots change); "drain" waits
             until every slot is free (the fixed schedule: the jobs run in
             batches of B that shrink as their samples leave).
+        read_every: steps between reads of the decisions (1: every step);
+            slots are freed and refilled at reads only.
 
     The loop steps the occupied slots only; fixed shapes are the encoder's
     business (:class:`~pyvlmx.attacks.precision.Precision` with a ``block``:
@@ -200,9 +223,13 @@ class SlotLoop:
 
     def __init__(self, parts: Parts, x0: torch.Tensor, queue: JobQueue, batch_size: int, norm: str,
                  step_kind: str, random_start: bool, on_leave: Callable[[Leaving, list[Job]], None], *,
-                 refill: str = "eager"):
+                 refill: str = "eager", read_every: int = 1):
         if refill not in REFILLS:
             raise ValueError(f"refill must be one of {list(REFILLS)}, got {refill!r}")
+        if isinstance(read_every, bool) or not isinstance(read_every, int) or read_every < 1:
+            raise ValueError(f"read_every must be an integer >= 1, got {read_every!r}")
+        self.read_every = read_every
+        self.window: list[_Seen] = []  # the steps since the last read
         B = int(batch_size)
         if B < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -263,9 +290,13 @@ class SlotLoop:
 
     # ------------------------------------------------------------------- step
     def step(self) -> bool:
-        """Fill free slots, then one step of every occupied slot; False when nothing is left to run."""
+        """Fill free slots (after a read), then one step of every occupied slot; False when nothing is
+        left to run."""
         parts, stop, device = self.parts, self.parts.stop, self.device
-        self._fill()
+        if self.window:
+            self.entered = 0  # slots are freed and refilled at reads only
+        else:
+            self._fill()
         occupied = [s for s in range(self.B) if self.job[s] is not None]
         if not occupied:
             return False
@@ -274,7 +305,7 @@ class SlotLoop:
         key_host = [self.job[s].index for s in live]
         keys = _dev(key_host, device)
         zb = self.z.index_select(0, live_t)
-        xb = self.xs.index_select(0, live_t)
+        xb = self.window[0].x if self.window else self.xs.index_select(0, live_t)
         if self.fresh:
             parts.gradient.start(self.xs)
             self.fresh = False
@@ -288,45 +319,79 @@ class SlotLoop:
             e = emb.detach()
             finite = torch.isfinite(e).all(dim=1)
             ok = stop.ok(e, keys) & finite
-            ok_h, fin_h, gbad_h = self.read(torch.stack([ok, finite, self.gbad.index_select(0, live_t)]))
-        rows = [j for j, s in enumerate(live) if self.job[s] is not None]
-        bad = [j for j in rows if not fin_h[j] or gbad_h[j]]
-        if bad:
-            what = "embedding" if any(not fin_h[j] for j in bad) else "gradient"
-            j0 = bad[0]
-            _fail_nonfinite(parts, what, [key_host[j] for j in bad],
-                            self.steps[live[j0]] - (1 if fin_h[j0] else 0))
-        done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        cand = [j for j in rows if ok_h[j] and fin_h[j] and not gbad_h[j]] if stop.rule != "steps" else []
-        if cand:
-            with torch.no_grad():
-                ct = _dev(cand, device)
-                zc = zb.detach().index_select(0, ct)
-                if parts.quantize or not parts.exact:
-                    q = self.budget.quantize(zc, xb.index_select(0, ct), torch.tensor([live[j] for j in cand])) \
-                        if parts.quantize else zc
-                    eq = self.parts.certify(q)
-                    okq = self.read(stop.ok(eq, keys.index_select(0, ct)) & torch.isfinite(eq).all(dim=1))
-                    for n, j in enumerate(cand):
-                        if okq[n]:
-                            done[j] = (q[n], eq[n])
-                else:
-                    ec = e.index_select(0, ct)
-                    for n, j in enumerate(cand):
-                        done[j] = (zc[n], ec[n])
-        bad_set = set(bad)
-        limit = [j for j in rows if self.steps[live[j]] >= parts.max_steps and j not in done and j not in bad_set]
-        leaving = sorted(set(done) | bad_set | set(limit))
-        if leaving:
-            group = self._leave(zb.detach(), e, xb, live, key_host, leaving, done, fin_h, gbad_h)
-            jobs = [self.job[live[j]] for j in leaving]
-            for j in leaving:
-                self.job[live[j]] = None
-            self.on_leave(group, jobs)
-        stay = [j for j in rows if self.job[live[j]] is not None]
+            flags = torch.stack([ok, finite, self.gbad.index_select(0, live_t)])
+        steps = [self.steps[s] for s in live]
+        self.window.append(_Seen(live, key_host, keys, steps, zb.detach(), e, xb, flags))
+        if len(self.window) >= self.read_every or max(steps) >= parts.max_steps:
+            self._read()
+        stay = [j for j, s in enumerate(live) if self.job[s] is not None]
         if stay:
             self._move(zb, emb, keys, live, live_t, stay, key_host)
         return True
+
+    def _read(self) -> None:
+        """Read the window's flags (one transfer), and replay its steps in order: each live slot
+        leaves at its first step with a non-finite embedding or gradient, a stop rule that holds for
+        its fp32-checked 8-bit image, or the step limit."""
+        parts, stop, device = self.parts, self.parts.stop, self.device
+        window, self.window = self.window, []
+        flags = self.read(torch.stack([w.flags for w in window]))  # (T, 3, n): stop met, finite, last gradient bad
+        first = window[0]
+        n, T = len(first.live), len(window)
+        check = parts.quantize or not parts.exact
+        bad_at: dict[int, int] = {}
+        cands: list[tuple[int, int]] = []  # (window step, row): stop rule met, to be checked in fp32
+        for j in range(n):
+            for t in range(T):
+                ok, fin, gbad = flags[t][0][j], flags[t][1][j], flags[t][2][j]
+                if not fin or gbad:
+                    bad_at[j] = t
+                    break
+                if ok and stop.rule != "steps":
+                    cands.append((t, j))
+                    if not check:
+                        break  # the search forward is the certifying one: it leaves here
+        done_at: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        if cands:
+            with torch.no_grad():
+                zc = torch.stack([window[t].z[j] for t, j in cands])
+                if check:
+                    rows = _dev([j for _, j in cands], device)
+                    q = self.budget.quantize(zc, first.x.index_select(0, rows),
+                                             torch.tensor([first.live[j] for _, j in cands])) \
+                        if parts.quantize else zc
+                    eq = parts.certify(q)
+                    okq = self.read(stop.ok(eq, first.keys.index_select(0, rows)) & torch.isfinite(eq).all(dim=1))
+                else:
+                    q, eq, okq = zc, torch.stack([window[t].e[j] for t, j in cands]), [True] * len(cands)
+            for c, (t, j) in enumerate(cands):
+                if okq[c] and j not in done_at:
+                    done_at[j] = (t, q[c], eq[c])
+        leave_at: dict[int, int] = {}
+        for j in range(n):
+            t = min(x for x in (bad_at.get(j), done_at.get(j, (None,))[0]) if x is not None) \
+                if (j in bad_at or j in done_at) else None
+            if t is None and window[-1].steps[j] >= parts.max_steps:
+                t = T - 1
+            if t is not None:
+                leave_at[j] = t
+        for t in range(T):
+            rows = [j for j in range(n) if leave_at.get(j) == t]
+            if not rows:
+                continue
+            w = window[t]
+            fin_h, gbad_h = flags[t][1], flags[t][2]
+            bad = [j for j in rows if not fin_h[j] or gbad_h[j]]
+            if bad:
+                what = "embedding" if any(not fin_h[j] for j in bad) else "gradient"
+                j0 = bad[0]
+                _fail_nonfinite(parts, what, [w.key_host[j] for j in bad], w.steps[j0] - (1 if fin_h[j0] else 0))
+            done = {j: done_at[j][1:] for j in rows if j in done_at and done_at[j][0] == t and j not in bad}
+            group = self._leave(w, rows, done, fin_h, gbad_h)
+            jobs = [self.job[first.live[j]] for j in rows]
+            for j in rows:
+                self.job[first.live[j]] = None
+            self.on_leave(group, jobs)
 
     def _move(self, zb, emb, keys, live, live_t, stay, key_host) -> None:
         """The gradient step of rows ``stay``; a non-finite gradient leaves its sample where it was."""
@@ -348,15 +413,17 @@ class SlotLoop:
         for s in slots:
             self.steps[s] += 1
 
-    def _leave(self, zb, e, xb, live, key_host, leaving, done, fin_h, gbad_h) -> Leaving:
-        """The :class:`Leaving` group of live rows ``leaving``: final images, fp32 embeddings, reasons."""
+    def _leave(self, w: "_Seen", leaving, done, fin_h, gbad_h) -> Leaving:
+        """The :class:`Leaving` group of rows ``leaving`` at window step ``w``: final images, fp32
+        embeddings, reasons."""
         parts, stop, device = self.parts, self.parts.stop, self.device
+        zb, e, xb, live, key_host = w.z, w.e, w.x, w.live, w.key_host
         n = len(leaving)
         imgs = torch.empty((n, *zb.shape[1:]), dtype=zb.dtype, device=device)
         embs = torch.empty((n, e.shape[1]), dtype=e.dtype, device=device)
         reasons, succ, steps, limit = [], [], [], []
         for i, j in enumerate(leaving):
-            k = self.steps[live[j]]
+            k = w.steps[j]
             if j in done:
                 imgs[i], embs[i] = done[j]
                 reasons.append(stop.reason)

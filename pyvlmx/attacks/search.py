@@ -95,11 +95,12 @@ class BudgetSearch:
         batch_size: slots.
         refill: as in :class:`~pyvlmx.attacks.engine.SlotLoop`: "eager" (continuous
             batching), "half" or "drain" (the fixed schedule).
+        read_every: as in :class:`~pyvlmx.attacks.engine.SlotLoop`.
     """
 
     def __init__(self, parts: Parts, step_size: Callable[[float], float], *, norm: str, step_kind: str,
                  minimal: str, eps_schedule: Sequence[float], bisect_steps: int, random_start: bool,
-                 batch_size: int, refill: str = "eager"):
+                 batch_size: int, refill: str = "eager", read_every: int = 1):
         self.parts = parts
         self.step_size = step_size
         self.norm, self.step_kind = norm, step_kind
@@ -109,6 +110,7 @@ class BudgetSearch:
         self.random_start = random_start
         self.batch_size = batch_size
         self.refill = refill
+        self.read_every = read_every
         self.loop: SlotLoop | None = None
 
     def _job(self, i: int, eps: float, seeds, phase: str, rnd: int = 0) -> Job:
@@ -184,7 +186,7 @@ class BudgetSearch:
                 on_final(torch.tensor(sorted(final)))
 
         self.loop = SlotLoop(self.parts, x0, queue, self.batch_size, self.norm, self.step_kind, self.random_start,
-                             leave, refill=self.refill)
+                             leave, refill=self.refill, read_every=self.read_every)
         self.loop.run()
 
 
