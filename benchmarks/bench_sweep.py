@@ -15,7 +15,8 @@ b. ``continuous-fp32``: continuous batching (fixed shapes), fp32, the model's
 c. ``continuous-<best>``: continuous, the best precision the device runs
    (``--precision auto``: bf16 on CUDA, fp32 on the CPU); on the CPU a
    ``step-bf16`` row times one bf16 step against fp32, at the 4-row block
-   the CPU search runs, to show why.
+   the CPU search runs, to show why; on CUDA a ``c4`` row runs (c) with
+   ``--read-every 4``.
 d. ``plain-pgd``: a batched PyTorch PGD loop as researchers write it (fixed
    step count, no per-sample stopping, as in AttackVLM's MF-ii), on the
    same pairs, batch and model as (c); the step count is raised (8, 16, 32,
@@ -111,7 +112,7 @@ def _load(spec: str, device: str, fast: bool):
         else load_model(spec, device=device, **kw)
 
 
-def _sweep_row(name, model, data, st, device, *, schedule, precision, fast) -> dict:
+def _sweep_row(name, model, data, st, device, *, schedule, precision, fast, read_every=1) -> dict:
     from pyvlmx.systematic import load_records, run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +120,7 @@ def _sweep_row(name, model, data, st, device, *, schedule, precision, fast) -> d
         t0 = time.perf_counter()
         run_sweep(model, data, Path(tmp) / "s", progress=False, targets=st["targets"], batch_size=st["batch"],
                   max_images=st["max_images"], eps=st["eps"], max_steps=st["steps"], schedule=schedule,
-                  precision=precision)
+                  precision=precision, read_every=read_every)
         sync(device)
         wall = time.perf_counter() - t0
         recs = load_records(Path(tmp) / "s")
@@ -274,15 +275,17 @@ def run(quick: bool, device: str):
 
     # the sweep rows, interleaved (a, b, c, a, b, c, ...): each row's median over its runs, and the
     # ratio of each run to the run of (a) beside it, so a drift of the machine's load moves both
-    specs = [("a fixed-fp32", slow, "fixed", "fp32", False),
-             ("b continuous-fp32", fast, "continuous", "fp32", True)]
+    specs = [("a fixed-fp32", slow, "fixed", "fp32", False, 1),
+             ("b continuous-fp32", fast, "continuous", "fp32", True, 1)]
     if best != "fp32":
-        specs.append((f"c continuous-{best}", fast, "continuous", best, True))
+        specs.append((f"c continuous-{best}", fast, "continuous", best, True, 1))
+    if torch.device(device).type == "cuda":  # (c) reading its decisions every 4th step (slower on a CPU)
+        specs.append((f"c4 continuous-{best} read-every-4", fast, "continuous", best, True, 4))
     runs: dict[str, list[dict]] = {name: [] for name, *_ in specs}
     for _ in range(st["repeats"]):
-        for name, model, schedule, precision, is_fast in specs:
+        for name, model, schedule, precision, is_fast, every in specs:
             runs[name].append(_sweep_row(name, model, data, st, device, schedule=schedule, precision=precision,
-                                         fast=is_fast))
+                                         fast=is_fast, read_every=every))
     a_runs = runs["a fixed-fp32"]
     rows = {name: dict(common, **_summary(rs, a_runs)) for name, rs in runs.items()}
     if best == "fp32":
