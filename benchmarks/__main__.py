@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks._common import collect, metadata, write_results
 
-MODULES = ["kernels", "attack", "spectra", "jvp", "sweep"]
+MODULES = ["kernels", "attack", "spectra", "jvp", "sweep", "compile"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@
 #   kernels     bench_kernels, bench_jvp, bench_attack (step and batched rows, ViT-B-32)
 #   sweep-b32   the same sweep on ViT-B-32
 #   op-tests    the op tests in full, their error-message tests in a process of their own
+#   compile     bench_compile: torch.compile of the ViT-B-16 step against eager, batch 256
 # GPU_SH_BUDGET_S (default 560): no stage starts with under GPU_SH_MIN_S (45) seconds left.
 # GPU_SH_DRY=1: a rehearsal on a machine without a GPU: no build (the extension already built),
 # tests collected only, the benchmarks on the CPU with --quick.  None of the stage times is
@@ -34,7 +35,7 @@ WORK=$(mktemp -d /tmp/pyvlmx-gpu.XXXXXX)
 PY=${PYTHON:-python3}
 BUDGET=${GPU_SH_BUDGET_S:-560}
 MIN_LEFT=${GPU_SH_MIN_S:-45}
-STAGES=${GPU_SH_STAGES:-build,cuda-tests,sweep-b16,kernels,sweep-b32,op-tests}
+STAGES=${GPU_SH_STAGES:-build,cuda-tests,sweep-b16,kernels,sweep-b32,op-tests,compile}
 DRY=${GPU_SH_DRY:-0}
 exec > >(tee -a "$OUT/gpu.log") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -109,5 +110,7 @@ run_stage sweep-b32 180 env PYVLMX_BENCH_MODEL=open_clip:ViT-B-32 \
 # shellcheck disable=SC2086
 run_stage op-tests 120 bash -c "$PY -m pytest -q -p no:cacheprovider $COLLECT $OPS -k 'not errors and not samples'; \
   $PY -m pytest -q -p no:cacheprovider $COLLECT $OPS -k errors"
+# shellcheck disable=SC2086
+run_stage compile 150 $PY -m benchmarks.bench_compile --device $DEV $QUICK --out "$WORK/compile"
 stamp "done; stages:"; cat "$WORK/stages.txt" 2>/dev/null
 pack
