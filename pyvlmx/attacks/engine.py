@@ -167,6 +167,7 @@ class _Seen:
     finite, previous gradient non-finite), still on the device."""
 
     live: list[int]
+    live_t: torch.Tensor
     key_host: list[int]
     keys: torch.Tensor
     steps: list[int]
@@ -293,19 +294,20 @@ class SlotLoop:
         """Fill free slots (after a read), then one step of every occupied slot; False when nothing is
         left to run."""
         parts, stop, device = self.parts, self.parts.stop, self.device
-        if self.window:
-            self.entered = 0  # slots are freed and refilled at reads only
+        if self.window:  # slots are freed and refilled at reads only: the window's slots are still live
+            self.entered = 0
+            w0 = self.window[0]
+            live, live_t, key_host, keys, xb = w0.live, w0.live_t, w0.key_host, w0.keys, w0.x
         else:
             self._fill()
-        occupied = [s for s in range(self.B) if self.job[s] is not None]
-        if not occupied:
-            return False
-        live = occupied
-        live_t = _dev(live, device)
-        key_host = [self.job[s].index for s in live]
-        keys = _dev(key_host, device)
+            live = [s for s in range(self.B) if self.job[s] is not None]
+            if not live:
+                return False
+            live_t = _dev(live, device)
+            key_host = [self.job[s].index for s in live]
+            keys = _dev(key_host, device)
+            xb = self.xs.index_select(0, live_t)
         zb = self.z.index_select(0, live_t)
-        xb = self.window[0].x if self.window else self.xs.index_select(0, live_t)
         if self.fresh:
             parts.gradient.start(self.xs)
             self.fresh = False
@@ -321,7 +323,7 @@ class SlotLoop:
             ok = stop.ok(e, keys) & finite
             flags = torch.stack([ok, finite, self.gbad.index_select(0, live_t)])
         steps = [self.steps[s] for s in live]
-        self.window.append(_Seen(live, key_host, keys, steps, zb.detach(), e, xb, flags))
+        self.window.append(_Seen(live, live_t, key_host, keys, steps, zb.detach(), e, xb, flags))
         if len(self.window) >= self.read_every or max(steps) >= parts.max_steps:
             self._read()
         stay = [j for j, s in enumerate(live) if self.job[s] is not None]
@@ -368,9 +370,8 @@ class SlotLoop:
                 if okq[c] and j not in done_at:
                     done_at[j] = (t, q[c], eq[c])
         leave_at: dict[int, int] = {}
-        for j in range(n):
-            t = min(x for x in (bad_at.get(j), done_at.get(j, (None,))[0]) if x is not None) \
-                if (j in bad_at or j in done_at) else None
+        for j in range(n):  # candidates come before a row's first bad step, so a success is the earlier
+            t = done_at[j][0] if j in done_at else bad_at.get(j)
             if t is None and window[-1].steps[j] >= parts.max_steps:
                 t = T - 1
             if t is not None:
@@ -386,7 +387,7 @@ class SlotLoop:
                 what = "embedding" if any(not fin_h[j] for j in bad) else "gradient"
                 j0 = bad[0]
                 _fail_nonfinite(parts, what, [w.key_host[j] for j in bad], w.steps[j0] - (1 if fin_h[j0] else 0))
-            done = {j: done_at[j][1:] for j in rows if j in done_at and done_at[j][0] == t and j not in bad}
+            done = {j: done_at[j][1:] for j in rows if j in done_at}
             group = self._leave(w, rows, done, fin_h, gbad_h)
             jobs = [self.job[first.live[j]] for j in rows]
             for j in rows:

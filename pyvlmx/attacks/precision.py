@@ -132,7 +132,7 @@ class Precision:
         if self.name == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         if self.name == "tf32":
-            return _tf32()
+            return _allow_tf32(True)
         return contextlib.nullcontext()
 
     def _blocks(self, fn, x):
@@ -159,10 +159,6 @@ def _allow_tf32(flag: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
-
-
-def _tf32():
-    return _allow_tf32(True)
 
 
 @contextlib.contextmanager
