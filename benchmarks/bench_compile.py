@@ -21,7 +21,6 @@ CUDA: ``open_clip:ViT-B-16`` with random weights at batch 256.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -48,7 +47,7 @@ def _settings(quick: bool, device: str) -> dict:
 
 
 def run(quick: bool, device: str):
-    from pyvlmx.attacks.precision import resolve_precision
+    from pyvlmx.attacks.precision import Precision, resolve_precision
     from pyvlmx.models import load_model
 
     st = _settings(quick, device)
@@ -59,30 +58,24 @@ def run(quick: bool, device: str):
     for p in model.parameters():
         p.requires_grad_(False)
     prec = resolve_precision("auto", device)
-    dtype = {"bf16": torch.bfloat16}.get(prec)
     side = model.image_size
     x = torch.rand(st["batch"], 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     common = {"device": device, "model": spec, "precision": prec, "batch": st["batch"]}
     min_time = 2.0 if torch.device(device).type == "cuda" else 4.0
 
-    def autocast():
-        return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None \
-            else contextlib.nullcontext()
+    def make_step(encode):  # the search's forward of ``encode`` (in ``prec``, fp32 out), then its input gradient
+        search = Precision(encode, prec, device).search
 
-    def make_step(fn):
         def step():
             z = x.clone().requires_grad_(True)
-            with autocast():
-                e = fn(z).float()
-            torch.autograd.grad(e.pow(2).sum(), z)
-        return step
+            torch.autograd.grad(search(z).pow(2).sum(), z)
+        return search, step
 
-    eager = make_step(model.encode_image)
+    eager_fwd, eager = make_step(model.encode_image)
     t1 = timeit(eager, device=device, min_run_time=min_time)
     yield dict(common, bench="eager", step_ms=t1["median"] * 1e3, step_iqr_ms=t1["iqr"] * 1e3, runs=t1["runs"])
 
-    compiled_fn = torch.compile(model.encode_image)
-    step = make_step(compiled_fn)
+    compiled_fwd, step = make_step(torch.compile(model.encode_image))
     with tempfile.TemporaryDirectory() as cache:  # a cold compile: no kernels cached by an earlier run
         old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
@@ -98,8 +91,8 @@ def run(quick: bool, device: str):
             else:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
     tc = timeit(step, device=device, min_run_time=min_time)
-    with torch.no_grad(), autocast():
-        diff = float((compiled_fn(x).float() - model.encode_image(x).float()).abs().max())
+    with torch.no_grad():
+        diff = float((compiled_fwd(x) - eager_fwd(x)).abs().max())
     t2 = timeit(eager, device=device, min_run_time=min_time)
     base = (t1["median"] + t2["median"]) / 2
     yield dict(common, bench="compiled", first_call_s=first, step_ms=tc["median"] * 1e3,

@@ -175,10 +175,11 @@ def plain_pgd(model, x, tc, W, *, eps: float, checkpoints: Sequence[int], batch:
     plus that checkpoint's one final evaluation (what the n-step loop costs); the other
     checkpoints' evaluations are not counted."""
     from pyvlmx.attacks import quantize_to_budget, targeted_success
+    from pyvlmx.attacks.precision import Precision
     from pyvlmx.ops import psnr
 
     device = x.device
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    encode = Precision(model.encode_image, precision, device).search  # the forward in ``precision``, fp32 out
     chunks = [(x[i:i + batch], tc[i:i + batch]) for i in range(0, x.shape[0], batch)]
     zs = [x0.clone() for x0, _ in chunks]
     step_wall, done = 0.0, 0
@@ -190,11 +191,7 @@ def plain_pgd(model, x, tc, W, *, eps: float, checkpoints: Sequence[int], batch:
             z = zs[b]
             for _ in range(n - done):
                 z.requires_grad_(True)
-                if ctx is None:
-                    e = model.encode_image(z)
-                else:
-                    with ctx():
-                        e = model.encode_image(z).float()
+                e = encode(z)
                 loss = 0.5 * (e - t).pow(2).sum()
                 (g,) = torch.autograd.grad(loss, z)
                 with torch.no_grad():
@@ -221,19 +218,16 @@ def _step_row(model, x, batch, device, precision) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks._common import timeit
+    from pyvlmx.attacks.precision import Precision
 
+    encode = Precision(model.encode_image, precision, device).search
     xb = x[:batch]
     if xb.shape[0] < batch:
         xb = xb.repeat((batch + xb.shape[0] - 1) // xb.shape[0], 1, 1, 1)[:batch]
 
     def step():
         z = xb.clone().requires_grad_(True)
-        if precision == "bf16":
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-                e = model.encode_image(z).float()
-        else:
-            e = model.encode_image(z)
-        torch.autograd.grad(e.pow(2).sum(), z)
+        torch.autograd.grad(encode(z).pow(2).sum(), z)
 
     with FlopCounterMode(display=False) as fc:
         step()
