@@ -72,7 +72,7 @@ def _study_spectra() -> SpectraConfig:
 def _study_matrix() -> MatrixConfig:
     # the whole matrix: every attack (9 rows) and one adaptive attacker per detector, against all three
     # detectors; measured on the default model and the sample photos, 2-core CPU with nothing else
-    # running: 119 s without the adaptive rows, 226 s with them (the study in all: 508 s)
+    # running: 132-134 s with the adaptive rows (the study in all: 310-329 s, README)
     return MatrixConfig(adaptive=True)
 
 
